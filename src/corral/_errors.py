@@ -1,0 +1,178 @@
+"""The exceptions corral raises.
+
+Per-request failures inside :meth:`corral.Client.run` and :meth:`corral.Client.stream` are
+*values* (:class:`corral.Failure`), never exceptions. :meth:`corral.Client.complete` raises the
+:class:`RequestFailed` subclass that matches the failure's :class:`corral.ErrorKind`, so a caller can
+catch exactly what it can handle.
+
+The tree::
+
+    CorralError
+    ├── ConfigurationError (also ValueError)        bad arguments, missing key, bad policy
+    ├── InvalidRequestError (also ValueError)       a request corral refuses to send
+    ├── InvalidInputError (also ValueError)         bad JSONL input, with line numbers
+    └── RequestFailed                               one request failed; .info, .request_id
+        ├── RateLimitedError                        rate_limited, quota_exhausted
+        ├── OverloadedError                         overloaded
+        ├── ServerError                             server_error, conflict
+        ├── RequestTimeoutError                     timeout
+        ├── ConnectionFailedError                   connection
+        ├── BadRequestError                         bad_request
+        │   ├── ContextLengthError                  context_length
+        │   └── ContentFilterError                  content_filter
+        ├── AuthenticationError                     authentication
+        ├── PermissionDeniedError                   permission
+        ├── NotFoundError                           not_found
+        ├── InvalidResponseError                    invalid_response
+        ├── BudgetExhaustedError                    budget_exhausted
+        └── CircuitOpenError                        circuit_open
+
+Cancellation is never turned into any of these: it propagates as the backend's own cancellation
+exception. Bugs propagate unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._models import ErrorInfo, ErrorKind
+
+
+class CorralError(Exception):
+    """Base class of every exception corral raises on purpose."""
+
+
+class ConfigurationError(CorralError, ValueError):
+    """An argument or policy is invalid, or a required setting (such as an API key) is missing."""
+
+
+class InvalidRequestError(CorralError, ValueError):
+    """A request cannot be sent as it stands (for example a required field is missing)."""
+
+
+class InvalidInputError(CorralError, ValueError):
+    """A JSONL input file has bad lines; nothing was sent.
+
+    Args:
+        problems: ``(line_number, message)`` pairs, one per bad line, in file order.
+    """
+
+    def __init__(self, problems: list[tuple[int, str]]) -> None:
+        self.problems = problems
+        shown = "\n".join(f"  line {n}: {msg}" for n, msg in problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        super().__init__(f"{len(problems)} bad input line(s):\n{shown}{more}")
+
+
+class RequestFailed(CorralError):
+    """One request failed after corral's retries.
+
+    Args:
+        info: What went wrong, as a value.
+        request_id: The ``id`` of the request that failed.
+        attempts: How many HTTP attempts were made.
+    """
+
+    def __init__(self, info: ErrorInfo, *, request_id: str, attempts: int) -> None:
+        self.info = info
+        self.request_id = request_id
+        self.attempts = attempts
+        status = f" (HTTP {info.status_code})" if info.status_code is not None else ""
+        super().__init__(
+            f"request {request_id!r} failed: {info.kind.value}{status}: {info.message} "
+            f"[attempts={attempts}]"
+        )
+
+    @property
+    def kind(self) -> ErrorKind:
+        """The failure's kind."""
+        return self.info.kind
+
+
+class RateLimitedError(RequestFailed):
+    """The provider kept answering 429, or its quota is exhausted."""
+
+
+class OverloadedError(RequestFailed):
+    """The provider said it is overloaded (503, Anthropic's 529)."""
+
+
+class ServerError(RequestFailed):
+    """The provider failed with a 5xx or a conflict."""
+
+
+class RequestTimeoutError(RequestFailed):
+    """An attempt or the whole request's deadline timed out."""
+
+
+class ConnectionFailedError(RequestFailed):
+    """The connection could not be made or broke before a response arrived."""
+
+
+class BadRequestError(RequestFailed):
+    """The provider rejected the request as malformed (a final 4xx)."""
+
+
+class ContextLengthError(BadRequestError):
+    """The prompt plus ``max_tokens`` does not fit the model's context window."""
+
+
+class ContentFilterError(BadRequestError):
+    """The provider's content filter refused the request."""
+
+
+class AuthenticationError(RequestFailed):
+    """The API key is missing or wrong (401)."""
+
+
+class PermissionDeniedError(RequestFailed):
+    """The key may not use this model or endpoint (403)."""
+
+
+class NotFoundError(RequestFailed):
+    """The model or endpoint does not exist (404)."""
+
+
+class InvalidResponseError(RequestFailed):
+    """The provider's answer could not be understood, or a stream ended early."""
+
+
+class BudgetExhaustedError(RequestFailed):
+    """The client's budget cannot fit this request; it was not sent."""
+
+
+class CircuitOpenError(RequestFailed):
+    """The circuit breaker for this endpoint is open; the request was not sent."""
+
+
+def exception_for(info: ErrorInfo, *, request_id: str, attempts: int) -> RequestFailed:
+    """Build the exception that matches *info*'s kind.
+
+    Args:
+        info: The failure to raise.
+        request_id: The request's id.
+        attempts: How many HTTP attempts were made.
+    """
+    cls = _BY_KIND.get(info.kind.value, RequestFailed)
+    return cls(info, request_id=request_id, attempts=attempts)
+
+
+_BY_KIND: dict[str, type[RequestFailed]] = {
+    "rate_limited": RateLimitedError,
+    "quota_exhausted": RateLimitedError,
+    "overloaded": OverloadedError,
+    "server_error": ServerError,
+    "conflict": ServerError,
+    "timeout": RequestTimeoutError,
+    "connection": ConnectionFailedError,
+    "bad_request": BadRequestError,
+    "context_length": ContextLengthError,
+    "content_filter": ContentFilterError,
+    "authentication": AuthenticationError,
+    "permission": PermissionDeniedError,
+    "not_found": NotFoundError,
+    "invalid_response": InvalidResponseError,
+    "budget_exhausted": BudgetExhaustedError,
+    "circuit_open": CircuitOpenError,
+}
