@@ -27,7 +27,7 @@ from ._models import (
     StatisticsCollector,
 )
 from ._retry import RetryPolicy, classify_exception
-from ._runner import admit, aiterate
+from ._runner import LazyInput, admit
 from .providers._base import InvalidResponse, Provider
 
 __all__ = ["Client", "ClientStatistics", "ResultStream"]
@@ -75,7 +75,7 @@ class ResultStream:
     Every input yields exactly one result. Iterate it to the end to receive all of them.
     """
 
-    __slots__ = ("_collector", "_receive")
+    __slots__ = ("_collector", "_error", "_receive")
 
     def __init__(
         self,
@@ -84,6 +84,8 @@ class ResultStream:
     ) -> None:
         self._receive = receive
         self._collector = collector
+        # Set when reading the input failed: the consumer gets it instead of a quiet end.
+        self._error: Exception | None = None
 
     def __repr__(self) -> str:
         return f"<ResultStream {self._collector!r}>"
@@ -95,6 +97,8 @@ class ResultStream:
         try:
             result = await self._receive.receive()
         except anyio.EndOfStream:
+            if self._error is not None:
+                raise self._error from None
             raise StopAsyncIteration from None
         self._collector.add(result)
         return result
@@ -249,7 +253,8 @@ class Client:
         """Send every request and return all results, in input order.
 
         Failures come back as :class:`corral.Failure` values; only bugs and cancellation raise.
-        The input is read lazily, but the results are all kept: use :meth:`stream` for inputs too
+        An exception raised while reading the input (a non-request item, or your iterator's
+        own error) cancels the work in flight and propagates unwrapped. The input is read lazily, but the results are all kept: use :meth:`stream` for inputs too
         large to hold.
 
         Args:
@@ -263,13 +268,11 @@ class Client:
             results[index] = result
             collector.add(result)
 
-        async def items() -> AsyncIterator[ChatRequest]:
-            async for request in aiterate(requests):
-                _check_request(request)
-                results.append(None)
-                yield request
+        def check(request: ChatRequest) -> None:
+            _check_request(request)
+            results.append(None)
 
-        await admit(items(), limiter, self._execute, deliver)
+        await admit(LazyInput(requests, check), limiter, self._execute, deliver)
         done = tuple(r for r in results if r is not None)
         if len(done) != len(results):  # pragma: no cover - would be a bug in admit()
             raise AssertionError("a request produced no result")
@@ -280,7 +283,9 @@ class Client:
         """Send every request and yield results as they complete, in bounded memory.
 
         Use as ``async with client.stream(requests) as results: async for r in results: ...``.
-        Leaving the block early cancels the requests still in flight.
+        Leaving the block early cancels the requests still in flight. An exception raised while
+        reading the input (a non-request item, or your iterator's own error) is raised by the
+        iteration, unwrapped, after the results that came before it.
 
         Args:
             requests: Any iterable or async iterable of requests.
@@ -292,22 +297,31 @@ class Client:
         async def deliver(index: int, result: Result) -> None:
             await send.send(result)
 
-        async def items() -> AsyncIterator[ChatRequest]:
-            async for request in aiterate(requests):
-                _check_request(request)
-                yield request
+        results = ResultStream(receive, collector)
 
         async def feed() -> None:
             async with send:
-                await admit(items(), limiter, self._execute, deliver)
+                try:
+                    await admit(
+                        LazyInput(requests, _check_request), limiter, self._execute, deliver
+                    )
+                except Exception as exc:
+                    results._error = exc
 
+        error: Exception | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(feed)
             try:
-                yield ResultStream(receive, collector)
+                yield results
+            except Exception as exc:
+                # Raised by the caller's own code in the block: re-raise it after the task group,
+                # unwrapped, rather than let the group turn it into an ExceptionGroup.
+                error = exc
             finally:
                 tg.cancel_scope.cancel()
                 receive.close()
+        if error is not None:
+            raise error
 
     # -- one request --------------------------------------------------------------------------
 
