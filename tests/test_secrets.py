@@ -1,0 +1,92 @@
+"""A key never leaks: not into logs, reprs, exceptions, tracebacks or serialised results."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import pickle
+import traceback
+from collections.abc import Iterator
+
+import httpx2
+import pytest
+import stamina
+from scripted import ScriptedServer
+
+import corral
+from corral.providers import OpenAI
+
+pytestmark = pytest.mark.anyio
+
+CANARY = "sk-canary-7f3a9c1e5b2d4068"
+FORMS = (CANARY, base64.b64encode(CANARY.encode()).decode(), CANARY[3:])
+
+
+def assert_clean(text: str) -> None:
+    for form in FORMS:
+        assert form not in text, f"secret leaked: {text[:300]!r}"
+
+
+@pytest.fixture
+def debug_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """Capture DEBUG records of every logger a request passes through."""
+    names = ["", "corral", "httpx2", "httpcore2", "stamina"]
+    for name in names:
+        caplog.set_level(logging.DEBUG, logger=name)
+    with stamina.set_testing(True, attempts=100, cap=True):
+        yield caplog
+
+
+def test_secret_wrapper_masks_every_rendering() -> None:
+    """Secret's repr, str, format and f-string show a mask, and it refuses to be pickled."""
+    secret = corral.Secret(CANARY)
+    for text in (repr(secret), str(secret), f"{secret}", f"{secret!r}", "%s" % secret):
+        assert_clean(text)
+    assert secret.reveal() == CANARY
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(secret)
+
+
+async def test_canary_key_never_leaks(debug_logs: pytest.LogCaptureFixture) -> None:
+    """Across successes, retries and every failure kind, the key appears nowhere but the header."""
+    server = ScriptedServer(
+        {"ok": [200], "retry": [500, "reset", 200], "auth": [401] * 2, "gone": [404] * 2,
+         "slow": [429] * 6, "broken": [lambda r: httpx2.Response(200, text="{")] * 2},
+        retry_after="0",
+    )
+    provider = OpenAI("http://127.0.0.1:9/v1", api_key=CANARY)
+    texts: list[str] = [repr(provider), str(provider)]
+    async with corral.Client(
+        provider, http_client=server.client(), retry=corral.RetryPolicy(attempts=3)
+    ) as client:
+        texts.append(repr(client))
+        texts.append(repr(client.statistics()))
+        ids = ["ok", "retry", "auth", "gone", "slow", "broken"]
+        requests = [corral.ChatRequest("m", [{"role": "user", "content": "x"}], id=i) for i in ids]
+        batch = await client.run(requests)
+        for request in requests[2:]:
+            with pytest.raises(corral.RequestFailed) as info:
+                await client.complete(request)
+            texts.append(str(info.value))
+            texts.append(repr(info.value))
+            texts.append("".join(traceback.format_exception(info.value)))
+    # The key did go out, in the header, where it belongs.
+    assert all(h["authorization"] == f"Bearer {CANARY}" for h in server.seen_headers)
+    texts += [corral.to_json(r) for r in batch]
+    texts.append(corral.to_json(batch))
+    texts.append(repr(batch))
+    texts += [record.getMessage() for record in debug_logs.records]
+    texts += [repr(record.__dict__) for record in debug_logs.records]
+    texts.append(debug_logs.text)
+    assert batch.statistics.failed == 4
+    for text in texts:
+        assert_clean(text)
+
+
+def test_key_is_never_in_the_url() -> None:
+    """The key travels in a header only, never in the request URL."""
+    request = OpenAI("http://127.0.0.1:9/v1", api_key=CANARY).build_request(
+        corral.ChatRequest("m", [{"role": "user", "content": "x"}])
+    )
+    assert_clean(str(request.url))
+    assert_clean(repr(request))
