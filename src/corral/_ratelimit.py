@@ -1,0 +1,921 @@
+"""Client-side rate limiting: a sans-IO GCRA core, its anyio adapter, and header learning.
+
+The core is the Generic Cell Rate Algorithm, one cell per limit (requests, tokens, input tokens,
+output tokens). Each cell keeps a single number, the *theoretical arrival time* (TAT): the moment
+at which the cell would be back to full capacity. A request of cost ``c`` conforms when admitting
+it would not push the TAT more than the cell's tolerance past now.
+
+Two guarantees follow, and the property tests check both:
+
+- **No window overflows.** In every half-open window of ``W`` seconds, the cost admitted is
+  less than ``rate * W + capacity``. The sustained rate is set to
+  ``(limit - capacity + 1) / 60`` so that, costs being whole units, any 60-second window admits
+  at most ``limit``: a server counting per minute (fixed window, sliding window or token
+  bucket) never sees more than its limit.
+- **Nobody starves.** The anyio adapter serves waiters in arrival order: the head of the queue
+  sleeps until the core admits it, everyone else waits behind it, and the head is admitted
+  within ``tolerance + cost / rate`` seconds. A request larger than the burst capacity grows
+  the capacity to fit it (up to half the limit, lowering the sustained rate by as much); one
+  larger still waits until the cell has been idle long enough to cover its excess, so it too
+  is admitted in finite time.
+
+Settling a reservation (`_GCRA.settle`) moves the TAT by the difference between the real and
+the reserved cost. A refund returns capacity at once, which is what keeps the long-run rate at
+the limit when reservations (a prompt estimate plus the expected share of ``max_tokens``)
+overstate the real usage; the price is that the real cost admitted in a window may exceed the
+bound above by the refunds of earlier requests settled during that window (also
+property-tested).
+
+Every time is a float passed in by the caller (``now``): the core never reads a clock, which is
+what makes it testable without a loop and lets trio's ``MockClock`` drive the adapter.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import re
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import anyio
+import anyio.lowlevel
+import attrs
+
+from ._errors import ConfigurationError
+
+__all__ = [
+    "LIMIT_NAMES",
+    "LimitInfo",
+    "Permit",
+    "RateLimit",
+    "RateLimitHeaders",
+    "RateLimiter",
+    "RateLimiterStatistics",
+    "default_token_counter",
+    "is_quota_exhausted",
+    "parse_duration",
+    "parse_rate_limit_headers",
+]
+
+#: The limits corral paces, in the order they are reported.
+LIMIT_NAMES: Final = ("requests", "tokens", "input_tokens", "output_tokens")
+
+# Admission tolerates this much float error, in seconds, so that a waiter who slept exactly the
+# wait it was told is admitted on waking instead of being told to wait a few ulps more.
+_EPSILON: Final = 1e-9
+
+# Hostile or broken headers are clamped to these, never trusted blindly.
+_MAX_LIMIT: Final = 1e12
+_MAX_RESET_S: Final = 86_400.0
+
+
+def default_token_counter(text: str) -> int:
+    """Estimate the tokens in `text` as one per four characters, rounded up.
+
+    Args:
+        text: The prompt text.
+    """
+    return -(-len(text) // 4)
+
+
+def _optional_rate(inst: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(f"RateLimit.{attribute.name} must be a number, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(f"RateLimit.{attribute.name} must be > 0, got {value!r}")
+
+
+def _check_burst(inst: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(f"RateLimit.burst must be a number, got {value!r}")
+    if not math.isfinite(value) or not 0 < value < 60:
+        raise ConfigurationError(f"RateLimit.burst must be > 0 and < 60 seconds, got {value!r}")
+
+
+@attrs.frozen
+class RateLimit:
+    """How fast corral may send: requests and tokens per minute, paced client-side.
+
+    Each limit is paced by its own GCRA cell. A request reserves one request and its estimated
+    tokens (prompt estimate plus ``max_tokens``) before it is sent; the reservation is settled
+    with the real usage afterwards, so the long-run token rate stays at the limit. Retries take
+    permits again.
+
+    ``burst`` is in **seconds of capacity**: after an idle spell, up to ``burst`` seconds' worth
+    of each limit (and never less than one request or one token) may go out at once. So that
+    no 60-second window ever holds more than the limit, the sustained rate is lowered by that
+    capacity: ``(limit - capacity + 1) / 60`` per second, about 98.3% of the limit with the
+    default of one second, and exactly the limit when the capacity is one unit.
+
+    With ``learn_from_headers`` (the default), the limits the server announces in
+    ``x-ratelimit-*`` (OpenAI and compatibles) and ``anthropic-ratelimit-*`` headers are paced
+    too, even when none is configured here; where both exist the lower one wins.
+
+    Args:
+        requests_per_minute: The most requests per minute, or None for no client-side limit.
+        tokens_per_minute: The most tokens (input plus output) per minute, or None.
+        input_tokens_per_minute: The most input tokens per minute (Anthropic's ITPM), or None.
+        output_tokens_per_minute: The most output tokens per minute (Anthropic's OTPM), or None.
+        burst: Seconds of each limit that may be spent at once after an idle spell.
+        learn_from_headers: Whether to pace by the limits and remaining quota the server reports.
+        estimate_output: Whether to reserve ``max_tokens`` scaled by the output ratio seen so
+            far (a cautious running estimate of real output over ``max_tokens``, 1.0 until
+            eight requests have settled) instead of the whole ``max_tokens``. Reserving the
+            whole worst case holds tokens that are never used for as long as a request runs,
+            which can keep the real token rate far below the limit.
+        token_counter: Counts the tokens of a prompt text; defaults to `default_token_counter`.
+    """
+
+    requests_per_minute: float | None = attrs.field(default=None, validator=_optional_rate)
+    tokens_per_minute: float | None = attrs.field(default=None, validator=_optional_rate)
+    input_tokens_per_minute: float | None = attrs.field(default=None, validator=_optional_rate)
+    output_tokens_per_minute: float | None = attrs.field(default=None, validator=_optional_rate)
+    burst: float = attrs.field(default=1.0, validator=_check_burst)
+    learn_from_headers: bool = True
+    estimate_output: bool = True
+    token_counter: Callable[[str], int] | None = attrs.field(default=None, eq=False)
+
+    def limits(self) -> dict[str, float]:
+        """Return the configured per-minute limits by name, leaving out the unset ones."""
+        values = (
+            self.requests_per_minute,
+            self.tokens_per_minute,
+            self.input_tokens_per_minute,
+            self.output_tokens_per_minute,
+        )
+        return {name: float(v) for name, v in zip(LIMIT_NAMES, values, strict=True) if v}
+
+    def count_tokens(self, text: str) -> int:
+        """Return the token estimate of a prompt text with the configured counter.
+
+        Args:
+            text: The prompt text (all messages, concatenated).
+        """
+        counter = self.token_counter or default_token_counter
+        return max(int(counter(text)), 0)
+
+
+class _GCRA:
+    """One GCRA cell: a per-minute limit with a burst capacity, driven by an injected clock.
+
+    Costs are in the limit's unit (requests or tokens). The cell's state is its theoretical
+    arrival time ``tat``; ``-inf`` means full.
+
+    The capacity is ``burst`` seconds of the limit, at least one unit, and grows to the largest
+    single cost seen (up to half the limit), so that a request bigger than the burst still fits
+    the window bound. Growing it lowers the sustained rate by as much.
+    """
+
+    __slots__ = (
+        "_capacity",
+        "_interval",
+        "_largest",
+        "_max_capacity",
+        "_min_capacity",
+        "_tat",
+        "_tolerance",
+        "burst",
+        "per_minute",
+    )
+
+    def __init__(self, per_minute: float, burst: float) -> None:
+        self.burst = burst
+        self._tat = -math.inf
+        self.per_minute = per_minute
+        self._min_capacity = 1.0
+        self._max_capacity = 1.0
+        self._capacity = 1.0
+        self._interval = 1.0
+        self._tolerance = 1.0
+        self._largest = 0.0
+        self._configure(per_minute)
+
+    def _configure(self, per_minute: float) -> None:
+        self.per_minute = per_minute
+        # A cell never holds less than one unit: a cost of one request must always fit.
+        self._min_capacity = max(per_minute * self.burst / 60.0, 1.0)
+        self._max_capacity = max(per_minute / 2.0, self._min_capacity)
+        capacity = min(max(self._min_capacity, self._largest), self._max_capacity)
+        # Costs are whole units and servers count in half-open windows, where GCRA admits
+        # strictly less than rate * W + capacity. With this rate that is at most the limit in
+        # any 60-second window. The rate stays > 0 because the capacity is at most half the
+        # limit (or one unit).
+        sustained = (per_minute - capacity + 1.0) / 60.0
+        self._capacity = capacity
+        self._interval = 1.0 / sustained
+        self._tolerance = capacity * self._interval
+
+    def _reconfigure(self, now: float, per_minute: float) -> None:
+        # Keep the units available now (capped at the new capacity): a larger capacity fills
+        # up at the new rate instead of granting fresh credit at once, which would let the
+        # window that spans the change hold more than the limit.
+        level = min(self.available(now), self._capacity)
+        self._configure(per_minute)
+        self._tat = now + self._tolerance - min(level, self._capacity) * self._interval
+
+    @property
+    def capacity(self) -> float:
+        """The most units the cell admits at once."""
+        return self._capacity
+
+    @property
+    def rate(self) -> float:
+        """The sustained rate in units per second."""
+        return 1.0 / self._interval
+
+    def _base(self, now: float, cost: float) -> float:
+        # A cost up to the capacity starts from the TAT or now, whichever is later. A cost
+        # beyond even the largest capacity must also find the cell idle long enough to have
+        # banked its excess, so it is admitted in finite time (never starved) and leaves the
+        # cell full of debt; such a request can overflow one window by its excess.
+        excess = max(cost - self._capacity, 0.0)
+        return max(self._tat, now - excess * self._interval)
+
+    def wait_time(self, now: float, cost: float) -> float:
+        """Return how long a request of `cost` must wait, 0.0 if it conforms now."""
+        if cost <= 0:
+            return 0.0
+        if cost > self._capacity and self._capacity < self._max_capacity:
+            self._largest = cost
+            self._reconfigure(now, self.per_minute)
+        allow_at = self._base(now, cost) + cost * self._interval - self._tolerance
+        wait = allow_at - now
+        return wait if wait > _EPSILON else 0.0
+
+    def commit(self, now: float, cost: float) -> None:
+        """Charge `cost` to the cell; call only after `wait_time` returned 0."""
+        if cost > 0:
+            self._tat = self._base(now, cost) + cost * self._interval
+
+    def try_acquire(self, now: float, cost: float) -> float:
+        """Admit a request of `cost` and return 0.0, or return the wait and change nothing."""
+        wait = self.wait_time(now, cost)
+        if wait == 0.0:
+            self.commit(now, cost)
+        return wait
+
+    def settle(self, now: float, reserved: float, actual: float) -> None:
+        """Correct a reservation: refund what was not used, or charge what was used on top."""
+        delta = actual - reserved
+        if delta == 0 or not math.isfinite(delta):
+            return
+        if self._tat == -math.inf:
+            if delta < 0:
+                return
+            self._tat = now
+        # A refund may move the TAT into the past; max(tat, now) in wait_time caps the credit
+        # at a full cell, so a refund can never create capacity beyond the burst.
+        self._tat += delta * self._interval
+
+    def set_rate(self, now: float, per_minute: float) -> None:
+        """Change the limit, keeping the units available now (at most the new capacity)."""
+        if per_minute != self.per_minute:
+            self._reconfigure(now, per_minute)
+
+    def available(self, now: float) -> float:
+        """Return the units that could be admitted at once right now (negative in debt)."""
+        return (self._tolerance - max(self._tat - now, 0.0)) / self._interval
+
+    def cap_available(self, now: float, remaining: float) -> None:
+        """Lower the units available now to `remaining`, never raise them."""
+        if remaining < self.available(now):
+            self._tat = now + self._tolerance - max(remaining, 0.0) * self._interval
+
+    def empty_until(self, until: float) -> None:
+        """Make the cell empty at `until`, so admission restarts paced rather than in a burst."""
+        self._tat = max(self._tat, until + self._tolerance)
+
+    def __repr__(self) -> str:
+        return (
+            f"<_GCRA per_minute={self.per_minute!r} capacity={self._capacity!r} tat={self._tat!r}>"
+        )
+
+
+@attrs.frozen
+class LimitInfo:
+    """What a server said about one limit in one response.
+
+    Args:
+        limit: The limit per minute, if the server said.
+        remaining: What is left of it now, if the server said.
+        reset: Seconds until the limit is fully replenished, if the server said.
+    """
+
+    limit: float | None = None
+    remaining: float | None = None
+    reset: float | None = None
+
+
+@attrs.frozen
+class RateLimitHeaders:
+    """The rate-limit information found in one response's headers, by limit name.
+
+    Args:
+        limits: `LimitInfo` by name (``requests``, ``tokens``, ``input_tokens``,
+            ``output_tokens``); only names the server mentioned appear.
+    """
+
+    limits: Mapping[str, LimitInfo] = attrs.field(factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.limits)
+
+
+_DURATION_PART: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_UNIT_SECONDS: Final = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+
+
+def parse_duration(text: str) -> float | None:
+    """Return a duration in seconds from OpenAI's ``x-ratelimit-reset-*`` format, or None.
+
+    Accepts Go-style durations (``"1s"``, ``"6m0s"``, ``"20ms"``, ``"1h2m3.5s"``) and plain
+    seconds (``"1.5"``). Negative, NaN, infinite and malformed values give None; values longer
+    than a day are clamped to a day.
+
+    Args:
+        text: The header value.
+    """
+    text = text.strip()
+    if not text or len(text) > 64:
+        return None
+    seconds: float
+    try:
+        seconds = float(text)
+    except ValueError:
+        parts = _DURATION_PART.findall(text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            return None
+        seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return min(seconds, _MAX_RESET_S)
+
+
+def _parse_number(text: str) -> float | None:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        return None
+    if not math.isfinite(value) or value < 0:
+        return None
+    return min(value, _MAX_LIMIT)
+
+
+def _parse_timestamp(text: str, reference: datetime) -> float | None:
+    """Return seconds from `reference` until an RFC 3339 timestamp, or None."""
+    text = text.strip()
+    if not text or len(text) > 64:
+        return None
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    try:
+        delta = (when - reference).total_seconds()
+    except OverflowError:
+        return None
+    return min(max(delta, 0.0), _MAX_RESET_S)
+
+
+def _reference_time(headers: Mapping[str, str], wall_now: datetime | None) -> datetime:
+    # The server's own Date header is the best reference for its timestamps: it cancels any
+    # skew between the two clocks (at one second's resolution).
+    raw = headers.get("date")
+    if raw:
+        try:
+            when = email.utils.parsedate_to_datetime(raw)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            when = None
+        if when is not None:
+            return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    return wall_now if wall_now is not None else datetime.now(UTC)
+
+
+# (header prefix, header suffix template, reset format) per provider family.
+_OPENAI_NAMES: Final = {"requests": "requests", "tokens": "tokens"}
+_ANTHROPIC_NAMES: Final = {
+    "requests": "requests",
+    "tokens": "tokens",
+    "input-tokens": "input_tokens",
+    "output-tokens": "output_tokens",
+}
+
+
+def parse_rate_limit_headers(
+    headers: Mapping[str, str], *, wall_now: datetime | None = None
+) -> RateLimitHeaders:
+    """Read the rate-limit headers of OpenAI-compatible and Anthropic responses.
+
+    OpenAI-style: ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``, resets as durations
+    (``"6m0s"``). Anthropic: ``anthropic-ratelimit-{requests,tokens,input-tokens,
+    output-tokens}-{limit,remaining,reset}``, resets as RFC 3339 timestamps, turned into seconds
+    against the response's ``Date`` header (or `wall_now` when it has none). A value that does
+    not parse is left out; nothing here raises on bad input.
+
+    Args:
+        headers: The response headers; names are matched case-insensitively.
+        wall_now: The wall-clock time to use when the response has no ``Date`` header;
+            defaults to the current time.
+    """
+    lowered = {k.lower(): v for k, v in headers.items()}
+    found: dict[str, dict[str, float]] = {}
+
+    def put(name: str, field: str, value: float | None) -> None:
+        if value is not None:
+            found.setdefault(name, {})[field] = value
+
+    for suffix, name in _OPENAI_NAMES.items():
+        for field in ("limit", "remaining"):
+            raw = lowered.get(f"x-ratelimit-{field}-{suffix}")
+            if raw is not None:
+                put(name, field, _parse_number(raw))
+        raw = lowered.get(f"x-ratelimit-reset-{suffix}")
+        if raw is not None:
+            put(name, "reset", parse_duration(raw))
+
+    reference: datetime | None = None
+    for infix, name in _ANTHROPIC_NAMES.items():
+        for field in ("limit", "remaining"):
+            raw = lowered.get(f"anthropic-ratelimit-{infix}-{field}")
+            if raw is not None:
+                put(name, field, _parse_number(raw))
+        raw = lowered.get(f"anthropic-ratelimit-{infix}-reset")
+        if raw is not None:
+            if reference is None:
+                reference = _reference_time(lowered, wall_now)
+            put(name, "reset", _parse_timestamp(raw, reference))
+
+    limits = {
+        name: LimitInfo(
+            limit=fields.get("limit") or None,
+            remaining=fields.get("remaining"),
+            reset=fields.get("reset"),
+        )
+        for name, fields in found.items()
+    }
+    return RateLimitHeaders(limits)
+
+
+_DAILY_WORDS: Final = re.compile(
+    r"per[ _-]?day|daily|\bRPD\b|\bTPD\b|requests per day|tokens per day|quota", re.IGNORECASE
+)
+_PER_DAY_ID: Final = re.compile(r"per[ _-]?day|daily", re.IGNORECASE)
+
+
+def is_quota_exhausted(status: int, headers: Mapping[str, str], body: object) -> bool:
+    """Tell a 429 that means "daily quota or billing exhausted" from a passing rate limit.
+
+    Such a 429 will not clear within any retry budget, so it should fail fast instead of
+    waiting. Recognised:
+
+    - OpenAI (and compatibles): ``error.code`` or ``error.type`` ``"insufficient_quota"``;
+    - Gemini: a ``google.rpc.QuotaFailure`` detail whose violation names a per-day quota
+      (its ``quotaId`` or ``quotaMetric`` mentions ``PerDay``); per-minute violations are not;
+    - any provider: an error message that mentions a daily limit, "per day", RPD/TPD or
+      "quota", unless the server also asked for a short wait (``Retry-After`` of a minute or
+      less), which marks a passing limit.
+
+    Args:
+        status: The HTTP status; anything other than 429 gives False.
+        headers: The response headers.
+        body: The decoded JSON body (any shape, or None).
+    """
+    if status != 429:
+        return False
+    error = body.get("error") if isinstance(body, Mapping) else None
+    if not isinstance(error, Mapping):
+        error = body if isinstance(body, Mapping) else {}
+    code = error.get("code")
+    kind = error.get("type")
+    if "insufficient_quota" in (code, kind):
+        return True
+    details = error.get("details")
+    if isinstance(details, list):
+        verdict = _gemini_quota_verdict(details)
+        if verdict is not None:
+            return verdict
+    message = error.get("message")
+    if not isinstance(message, str) or not _DAILY_WORDS.search(message):
+        return False
+    lowered = {k.lower(): v for k, v in headers.items()}
+    hint = _parse_number(lowered.get("retry-after", "")) if "retry-after" in lowered else None
+    return hint is None or hint > 60
+
+
+def _gemini_quota_verdict(details: list[Any]) -> bool | None:
+    """Return True for a per-day QuotaFailure, False for another QuotaFailure, else None."""
+    seen_failure = False
+    for detail in details:
+        if not isinstance(detail, Mapping):
+            continue
+        if not str(detail.get("@type", "")).endswith("google.rpc.QuotaFailure"):
+            continue
+        seen_failure = True
+        violations = detail.get("violations")
+        if not isinstance(violations, list):
+            continue
+        for violation in violations:
+            if not isinstance(violation, Mapping):
+                continue
+            ids = " ".join(
+                str(violation.get(key, "")) for key in ("quotaId", "quotaMetric", "description")
+            )
+            if _PER_DAY_ID.search(ids):
+                return True
+    return False if seen_failure else None
+
+
+class _OutputRatio:
+    """A cautious running estimate of real output tokens over ``max_tokens``.
+
+    The estimate is the running mean plus two standard deviations, capped at 1, and stays at
+    1 (the worst case) until `WARMUP` samples have been seen.
+    """
+
+    __slots__ = ("_mean", "_square", "samples")
+
+    WARMUP: Final = 8
+    _ALPHA: Final = 0.05
+
+    def __init__(self) -> None:
+        self._mean = 1.0
+        self._square = 1.0
+        self.samples = 0
+
+    def add(self, ratio: float) -> None:
+        """Add one settled request's real output over its ``max_tokens``."""
+        if not math.isfinite(ratio):
+            return
+        ratio = min(max(ratio, 0.0), 1.0)
+        self.samples += 1
+        # A plain average until the moving one has enough history to mean something.
+        alpha = max(1.0 / self.samples, self._ALPHA)
+        self._mean += alpha * (ratio - self._mean)
+        self._square += alpha * (ratio * ratio - self._square)
+
+    @property
+    def value(self) -> float:
+        """The ratio to reserve with."""
+        if self.samples < self.WARMUP:
+            return 1.0
+        spread = math.sqrt(max(self._square - self._mean * self._mean, 0.0))
+        return min(self._mean + 2.0 * spread, 1.0)
+
+
+class _RateLimiterCore:
+    """Every GCRA cell of one client, the shared cooldown, and what the server taught it.
+
+    Sans-IO: every method takes ``now``.
+    """
+
+    __slots__ = (
+        "_burst",
+        "_cells",
+        "_configured",
+        "_estimate_output",
+        "_learn",
+        "learned",
+        "output_ratio",
+        "paused_until",
+    )
+
+    def __init__(self, policy: RateLimit) -> None:
+        self._burst = policy.burst
+        self._learn = policy.learn_from_headers
+        self._estimate_output = policy.estimate_output
+        self._configured = policy.limits()
+        self._cells = {name: _GCRA(rate, policy.burst) for name, rate in self._configured.items()}
+        self.learned: dict[str, LimitInfo] = {}
+        self.paused_until = -math.inf
+        self.output_ratio = _OutputRatio()
+
+    def costs(self, input_tokens: int, max_output_tokens: int) -> dict[str, float]:
+        """Return what to reserve for a request, by limit name."""
+        output = float(max_output_tokens)
+        if self._estimate_output:
+            output = float(math.ceil(output * self.output_ratio.value))
+        return {
+            "requests": 1.0,
+            "tokens": input_tokens + output,
+            "input_tokens": float(input_tokens),
+            "output_tokens": output,
+        }
+
+    def limits(self) -> dict[str, float]:
+        """Return the per-minute limits in force, by name."""
+        return {name: cell.per_minute for name, cell in self._cells.items()}
+
+    def try_acquire(self, now: float, costs: Mapping[str, float]) -> float:
+        """Admit a request costing `costs` and return 0.0, or return the wait and change nothing."""
+        wait = self.paused_until - now
+        for name, cell in self._cells.items():
+            wait = max(wait, cell.wait_time(now, costs.get(name, 0.0)))
+        if wait > _EPSILON:
+            return wait
+        for name, cell in self._cells.items():
+            cell.commit(now, costs.get(name, 0.0))
+        return 0.0
+
+    def settle(
+        self,
+        now: float,
+        reserved: Mapping[str, float],
+        actual: Mapping[str, float],
+        max_output_tokens: int = 0,
+    ) -> None:
+        """Correct the reservation of one admitted request with what it really cost."""
+        if max_output_tokens > 0 and "output_tokens" in actual:
+            self.output_ratio.add(actual["output_tokens"] / max_output_tokens)
+        for name, cell in self._cells.items():
+            if name in actual:
+                cell.settle(now, reserved.get(name, 0.0), actual[name])
+
+    def pause(self, until: float) -> bool:
+        """Stop every admission until `until`; return whether that extended the pause."""
+        if until <= self.paused_until:
+            return False
+        self.paused_until = until
+        for cell in self._cells.values():
+            cell.empty_until(until)
+        return True
+
+    def learn(self, now: float, info: RateLimitHeaders, status: int) -> float | None:
+        """Apply what a response said; return a cooldown end time if the response asks for one."""
+        if not self._learn:
+            return None
+        cooldown: float | None = None
+        for name, limit in info.limits.items():
+            previous = self.learned.get(name, LimitInfo())
+            self.learned[name] = LimitInfo(
+                limit=limit.limit if limit.limit is not None else previous.limit,
+                remaining=limit.remaining,
+                reset=limit.reset,
+            )
+            if limit.limit is not None:
+                configured = self._configured.get(name)
+                per_minute = limit.limit if configured is None else min(configured, limit.limit)
+                cell = self._cells.get(name)
+                if cell is None:
+                    self._cells[name] = cell = _GCRA(per_minute, self._burst)
+                else:
+                    cell.set_rate(now, per_minute)
+            cell = self._cells.get(name)
+            if cell is not None and limit.remaining is not None:
+                cell.cap_available(now, limit.remaining)
+            if status == 429 and limit.remaining == 0 and limit.reset is not None:
+                # This limit is the one that is spent; the server said when it comes back.
+                end = now + limit.reset
+                cooldown = end if cooldown is None else max(cooldown, end)
+        return cooldown
+
+
+class Permit:
+    """An admission by a `RateLimiter`: what it reserved, to be settled after the response.
+
+    Args:
+        reserved: The reserved cost by limit name.
+        waited: Seconds the request waited for admission.
+        max_output_tokens: The request's output limit, to learn the output ratio from.
+    """
+
+    __slots__ = ("_settled", "max_output_tokens", "reserved", "waited")
+
+    def __init__(
+        self, reserved: Mapping[str, float], waited: float, max_output_tokens: int = 0
+    ) -> None:
+        self.reserved = reserved
+        self.waited = waited
+        self.max_output_tokens = max_output_tokens
+        self._settled = False
+
+    @property
+    def settled(self) -> bool:
+        """Whether the permit was settled already."""
+        return self._settled
+
+    def __repr__(self) -> str:
+        costs = ", ".join(f"{k}={v:g}" for k, v in self.reserved.items())
+        return f"<Permit {costs} waited={self.waited:.3f}s settled={self._settled}>"
+
+
+@attrs.frozen
+class RateLimiterStatistics:
+    """A snapshot of a `RateLimiter`.
+
+    Args:
+        admitted: Requests admitted so far.
+        delayed: Admissions that had to wait.
+        wait_seconds: Total seconds spent waiting for admission.
+        waiting: Requests waiting right now.
+        cooldowns: Shared cooldowns started (429s and exhausted limits).
+        paused_for: Seconds left of the current cooldown, 0 when none.
+        limits: The per-minute limits in force, by name (configured or learned, the lower).
+        learned: What the server last said about each limit.
+        output_ratio: The share of ``max_tokens`` reserved for output (1.0: all of it).
+    """
+
+    admitted: int
+    delayed: int
+    wait_seconds: float
+    waiting: int
+    cooldowns: int
+    paused_for: float
+    limits: Mapping[str, float]
+    learned: Mapping[str, LimitInfo]
+    output_ratio: float
+
+
+class RateLimiter:
+    """Pace requests by a `RateLimit`: fair (FIFO) waits, shared cooldowns, header learning.
+
+    The client calls, per HTTP attempt:
+
+    1. ``permit = await limiter.acquire(input_tokens, max_tokens)`` before sending;
+    2. ``limiter.observe(response.headers, response.status_code)`` on every response;
+    3. ``limiter.cooldown(seconds)`` when a 429 (or 503/529 with a hint) asks to wait;
+    4. ``limiter.settle(permit, actual_input, actual_output)`` once the usage is known.
+
+    Args:
+        policy: The limits to pace by.
+        clock: Returns the current time in seconds; defaults to `anyio.current_time`.
+    """
+
+    __slots__ = (
+        "_admitted",
+        "_changed",
+        "_clock",
+        "_cooldowns",
+        "_core",
+        "_delayed",
+        "_lock",
+        "_policy",
+        "_wait_seconds",
+        "_waiting",
+    )
+
+    def __init__(self, policy: RateLimit, *, clock: Callable[[], float] = anyio.current_time):
+        self._policy = policy
+        self._core = _RateLimiterCore(policy)
+        self._clock = clock
+        self._lock = anyio.Lock()
+        self._changed: anyio.Event | None = None
+        self._admitted = 0
+        self._delayed = 0
+        self._wait_seconds = 0.0
+        self._waiting = 0
+        self._cooldowns = 0
+
+    @property
+    def policy(self) -> RateLimit:
+        """The policy this limiter paces by."""
+        return self._policy
+
+    async def acquire(self, input_tokens: int = 0, max_output_tokens: int = 0) -> Permit:
+        """Wait until one request of this size may be sent, and reserve it.
+
+        Waiters are admitted in arrival order. Cancelling a waiter leaves the limiter as it was.
+
+        Args:
+            input_tokens: The estimated prompt tokens (see `RateLimit.count_tokens`).
+            max_output_tokens: The most output tokens the request may produce (its
+                ``max_tokens``), 0 if unknown.
+        """
+        input_tokens = max(int(input_tokens), 0)
+        max_output_tokens = max(int(max_output_tokens), 0)
+        costs = self._core.costs(input_tokens, max_output_tokens)
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        # Fast path: with nobody queued, a conforming request goes straight through.
+        if self._waiting == 0 and self._core.try_acquire(self._clock(), costs) == 0.0:
+            self._admitted += 1
+            return Permit(costs, 0.0, max_output_tokens)
+        start = self._clock()
+        self._waiting += 1
+        try:
+            async with self._lock:
+                while True:
+                    now = self._clock()
+                    wait = self._core.try_acquire(now, costs)
+                    if wait == 0.0:
+                        break
+                    if self._changed is None:
+                        self._changed = anyio.Event()
+                    with anyio.move_on_after(wait):
+                        await self._changed.wait()
+        finally:
+            self._waiting -= 1
+        waited = max(self._clock() - start, 0.0)
+        self._admitted += 1
+        if waited > 0:
+            self._delayed += 1
+            self._wait_seconds += waited
+        return Permit(costs, waited, max_output_tokens)
+
+    def _wake(self) -> None:
+        # The head of the queue re-checks after anything that may have freed capacity.
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    def settle(
+        self, permit: Permit, input_tokens: int | None, output_tokens: int | None = None
+    ) -> None:
+        """Replace a permit's token reservation with what the request really used.
+
+        Settling twice does nothing. Pass None for both counts to keep the reservation as
+        charged (for example when the usage is unknown after a timeout).
+
+        Args:
+            permit: The permit from `acquire`.
+            input_tokens: The prompt tokens the provider reported (cached included), or None.
+            output_tokens: The output tokens the provider reported, or None.
+        """
+        if permit._settled:
+            return
+        permit._settled = True
+        if input_tokens is None and output_tokens is None:
+            return
+        used_in = max(int(input_tokens or 0), 0)
+        used_out = max(int(output_tokens or 0), 0)
+        actual = {
+            "tokens": float(used_in + used_out),
+            "input_tokens": float(used_in),
+            "output_tokens": float(used_out),
+        }
+        self._core.settle(self._clock(), permit.reserved, actual, permit.max_output_tokens)
+        self._wake()
+
+    def observe(self, headers: Mapping[str, str], status: int) -> None:
+        """Learn the server's limits and remaining quota from one response.
+
+        Does nothing when the policy has ``learn_from_headers=False``. A 429 whose headers show
+        a spent limit with a reset time starts a shared cooldown until that reset.
+
+        Args:
+            headers: The response headers.
+            status: The response status code.
+        """
+        if not self._policy.learn_from_headers:
+            return
+        info = parse_rate_limit_headers(headers)
+        if not info:
+            return
+        now = self._clock()
+        until = self._core.learn(now, info, status)
+        if until is not None and self._core.pause(until):
+            self._cooldowns += 1
+        self._wake()
+
+    def cooldown(self, seconds: float) -> None:
+        """Pause admission for every waiter for `seconds` from now (a shared cooldown).
+
+        Called when a 429 arrives, with the server's retry hint: every worker waits for the
+        same reset instead of retrying on its own, so there is no thundering herd. When the
+        pause ends, admission restarts paced, not in a burst. A shorter cooldown than the one
+        in force changes nothing. Hostile values (negative, NaN) are ignored; longer than a day
+        is clamped to a day.
+
+        Args:
+            seconds: How long to pause.
+        """
+        if not isinstance(seconds, int | float) or not seconds > 0:
+            return
+        seconds = min(float(seconds), _MAX_RESET_S)
+        if self._core.pause(self._clock() + seconds):
+            self._cooldowns += 1
+
+    def statistics(self) -> RateLimiterStatistics:
+        """Return a snapshot of the limiter's counters and learned limits."""
+        now = self._clock()
+        return RateLimiterStatistics(
+            admitted=self._admitted,
+            delayed=self._delayed,
+            wait_seconds=self._wait_seconds,
+            waiting=self._waiting,
+            cooldowns=self._cooldowns,
+            paused_for=max(self._core.paused_until - now, 0.0),
+            limits=self._core.limits(),
+            learned=dict(self._core.learned),
+            output_ratio=(self._core.output_ratio.value if self._policy.estimate_output else 1.0),
+        )
+
+    def __repr__(self) -> str:
+        limits = ", ".join(f"{k}={v:g}/min" for k, v in self._core.limits().items())
+        return (
+            f"<RateLimiter {limits or 'unlimited'} admitted={self._admitted}"
+            f" waiting={self._waiting}>"
+        )

@@ -1,0 +1,33 @@
+"""Test helpers: a mock LLM server, ``serve()``, virtual time, and the provider conformance kit.
+
+This package is public but is never imported by ``corral`` itself.
+
+General layout:
+
+- ``_mock*``: :class:`MockServer`, an ASGI app speaking the OpenAI, Anthropic and Gemini APIs,
+  configured by :class:`MockConfig`.
+- ``_serve``: :func:`serve` (any ASGI app on a loopback port, asyncio or trio) and
+  :func:`run_mock_server` (the ``corral mock-server`` command).
+- ``_clock``: virtual time on both backends (:func:`virtual_time_backend`).
+"""
+
+from ._clock import VirtualTimeEventLoop, VirtualTimeStatistics, virtual_time_backend
+from ._mock import MockServer
+from ._mock_config import MockConfig, MockHit, MockStatistics
+from ._mock_text import count_mock_tokens, mock_answer
+from ._serve import RunningServer, run_mock_server, serve
+
+__all__ = [
+    "MockConfig",
+    "MockHit",
+    "MockServer",
+    "MockStatistics",
+    "RunningServer",
+    "VirtualTimeEventLoop",
+    "VirtualTimeStatistics",
+    "count_mock_tokens",
+    "mock_answer",
+    "run_mock_server",
+    "serve",
+    "virtual_time_backend",
+]

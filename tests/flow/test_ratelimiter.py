@@ -1,0 +1,195 @@
+"""The anyio rate limiter in virtual time: FIFO fairness, shared cooldowns, learning, settling."""
+
+from __future__ import annotations
+
+import math
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from corral._ratelimit import RateLimit, RateLimiter
+
+pytestmark = [pytest.mark.anyio, pytest.mark.virtual_time]
+
+
+async def test_waiters_are_admitted_in_arrival_order_and_within_the_limit() -> None:
+    """Many tasks queued at once are admitted first come first served, at the paced rate."""
+    limiter = RateLimiter(RateLimit(requests_per_minute=120))
+    start = anyio.current_time()
+    admitted: list[tuple[int, float]] = []
+
+    async def worker(index: int) -> None:
+        await limiter.acquire()
+        admitted.append((index, anyio.current_time() - start))
+
+    async with anyio.create_task_group() as tg:
+        for index in range(300):
+            tg.start_soon(worker, index)
+            # Each task starts (and queues) before the next one is spawned.
+            await anyio.lowlevel.checkpoint()
+
+    assert [index for index, _ in admitted] == list(range(300))
+    times = [t for _, t in admitted]
+    for i, t in enumerate(times):
+        assert sum(1 for u in times[i:] if u < t + 60 - 1e-6) <= 120
+    stats = limiter.statistics()
+    assert stats.admitted == 300
+    assert stats.waiting == 0
+    assert stats.delayed >= 297  # all but the first burst of two had to wait
+
+
+async def test_a_large_request_at_the_head_is_not_overtaken() -> None:
+    """Small requests queued behind a large one wait for it instead of starving it."""
+    limiter = RateLimiter(RateLimit(tokens_per_minute=6_000, estimate_output=False))
+    order: list[str] = []
+
+    async def request(name: str, tokens: int) -> None:
+        await limiter.acquire(tokens)
+        order.append(name)
+
+    await limiter.acquire(100)  # the cell starts empty
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(request, "big", 2_000)
+        await anyio.lowlevel.checkpoint()
+        for n in range(5):
+            tg.start_soon(request, f"small{n}", 10)
+            await anyio.lowlevel.checkpoint()
+    assert order == ["big", "small0", "small1", "small2", "small3", "small4"]
+
+
+async def test_a_shared_cooldown_holds_every_worker_then_restarts_paced() -> None:
+    """After one 429, 500 workers all wait for the reset, then go no faster than the limit."""
+    limiter = RateLimiter(RateLimit(requests_per_minute=600))
+    start = anyio.current_time()
+    limiter.cooldown(30.0)
+    times: list[float] = []
+
+    async def worker() -> None:
+        await limiter.acquire()
+        times.append(anyio.current_time() - start)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(500):
+            tg.start_soon(worker)
+    assert min(times) >= 30.0
+    # The next window after the reset holds no more than the limit's share: no herd.
+    assert sum(1 for t in times if t < 30.0 + 10.0) <= 600 / 6 + 1
+    stats = limiter.statistics()
+    assert stats.cooldowns == 1
+    assert stats.paused_for == 0.0
+
+
+async def test_cooldown_takes_the_longest_and_ignores_hostile_values() -> None:
+    """A shorter or invalid cooldown never shortens the pause in force."""
+    limiter = RateLimiter(RateLimit())
+    start = anyio.current_time()
+    limiter.cooldown(20.0)
+    limiter.cooldown(5.0)
+    limiter.cooldown(-3.0)
+    limiter.cooldown(math.nan)
+    await limiter.acquire()
+    assert anyio.current_time() - start == pytest.approx(20.0)
+    assert limiter.statistics().cooldowns == 1
+
+
+async def test_a_cancelled_waiter_leaves_the_queue_working() -> None:
+    """Cancelling the head of the queue lets the next waiter through, with nothing charged."""
+    limiter = RateLimiter(RateLimit(requests_per_minute=60))
+    await limiter.acquire()
+    got: list[str] = []
+
+    async def waiter(name: str) -> None:
+        await limiter.acquire()
+        got.append(name)
+
+    doomed = anyio.CancelScope()
+
+    async def cancellable_first() -> None:
+        with doomed:
+            await waiter("first")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(cancellable_first)
+        await anyio.lowlevel.checkpoint()
+        tg.start_soon(waiter, "second")
+        await anyio.sleep(0.5)
+        doomed.cancel()
+    assert got == ["second"]
+    assert limiter.statistics().waiting == 0
+    assert limiter.statistics().admitted == 2
+
+
+async def test_limits_are_learned_from_headers_without_configuration() -> None:
+    """With no limit configured, the server's announced limit paces requests."""
+    limiter = RateLimiter(RateLimit())
+    start = anyio.current_time()
+    for _ in range(10):
+        await limiter.acquire()
+    assert anyio.current_time() == start  # nothing known yet: no pacing
+    limiter.observe(
+        {"x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "0"}, 200
+    )
+    assert limiter.statistics().limits == {"requests": 60.0}
+    for _ in range(5):
+        await limiter.acquire()
+    assert anyio.current_time() - start == pytest.approx(5.0)
+
+
+async def test_a_429_with_a_spent_limit_starts_the_cooldown_from_headers() -> None:
+    """A 429 whose headers show a limit at zero pauses everyone until that limit resets."""
+    limiter = RateLimiter(RateLimit())
+    start = anyio.current_time()
+    limiter.observe(
+        {
+            "x-ratelimit-limit-tokens": "1000",
+            "x-ratelimit-remaining-tokens": "0",
+            "x-ratelimit-reset-tokens": "12s",
+        },
+        429,
+    )
+    await limiter.acquire(10, 10)
+    assert anyio.current_time() - start >= 12.0
+    assert limiter.statistics().cooldowns == 1
+
+
+async def test_observe_does_nothing_when_learning_is_off() -> None:
+    """With learn_from_headers=False the limiter ignores the server entirely."""
+    limiter = RateLimiter(RateLimit(learn_from_headers=False))
+    limiter.observe({"x-ratelimit-limit-requests": "1", "x-ratelimit-reset-requests": "9m"}, 429)
+    assert limiter.statistics().limits == {}
+    assert limiter.statistics().learned == {}
+
+
+async def test_settling_a_refund_wakes_the_waiting_head() -> None:
+    """A refund frees capacity at once: the waiter behind it does not sleep its old wait."""
+    limiter = RateLimiter(RateLimit(tokens_per_minute=6_000, estimate_output=False))
+    start = anyio.current_time()
+    first = await limiter.acquire(50, 50)  # the whole capacity of 100 tokens
+    done = anyio.Event()
+
+    async def second() -> None:
+        await limiter.acquire(50, 50)
+        done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(second)
+        await anyio.sleep(0.1)
+        limiter.settle(first, 5, 5)  # it only used 10 of its 100
+        await done.wait()
+    assert anyio.current_time() - start < 0.2
+    limiter.settle(first, 1_000, 1_000)  # a second settle changes nothing
+    assert first.settled
+
+
+async def test_statistics_and_repr_describe_the_limiter() -> None:
+    """The snapshot and the repr show the limits in force and the counters."""
+    limiter = RateLimiter(RateLimit(requests_per_minute=60, tokens_per_minute=10_000))
+    permit = await limiter.acquire(10, 100)
+    stats = limiter.statistics()
+    assert stats.limits == {"requests": 60.0, "tokens": 10_000.0}
+    assert stats.admitted == 1
+    assert stats.output_ratio == 1.0
+    assert "requests=60/min" in repr(limiter)
+    assert "tokens=110" in repr(permit)
+    assert not permit.settled
