@@ -26,8 +26,11 @@ def completion_body(model: str, content: str, prompt_tokens: int = 5) -> dict[st
         "object": "chat.completion",
         "model": model,
         "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": content},
-             "finish_reason": "stop"}
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+            }
         ],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 2, "total_tokens": 7},
     }

@@ -7,12 +7,13 @@ import random
 from collections.abc import AsyncIterator, Iterator
 
 import anyio
+import anyio.lowlevel
 import pytest
 import stamina
-from scripted import ScriptedServer
 
 import corral
 from corral.providers import OpenAI
+from scripted import ScriptedServer
 
 pytestmark = pytest.mark.anyio
 
@@ -143,7 +144,7 @@ async def test_run_reads_async_iterables_lazily() -> None:
 
         tg.start_soon(go)
         for _ in range(20):
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
         # Four admitted, one more pulled and waiting for a token; nothing else read.
         assert pulled <= 5
         gate.set()
@@ -167,7 +168,9 @@ async def test_one_result_per_input_under_random_faults() -> None:
     """Under random faults every input yields exactly one result with its id; nothing is lost."""
     rng = random.Random(3)
     faults: list[int | str] = [429, 500, 503, "reset", 400, 200, 200, 200, 200, 200, 200]
-    server = ScriptedServer(default=lambda rid, n: rng.choice(faults), latency=lambda: rng.random() / 500)
+    server = ScriptedServer(
+        default=lambda rid, n: rng.choice(faults), latency=lambda: rng.random() / 500
+    )
     async with client_for(server, max_concurrency=20, retry=corral.RetryPolicy(attempts=4)) as c:
         async with c.stream(req(i) for i in range(400)) as results:
             ids = [r.id async for r in results]
@@ -188,9 +191,11 @@ async def test_stream_yields_as_completed() -> None:
         return await ScriptedServer.handle(server, request)
 
     server.handle = slow_first  # type: ignore[method-assign]
-    async with client_for(server, max_concurrency=4) as client:
-        async with client.stream([req(0), req(1), req(2)]) as results:
-            ids = [r.id async for r in results]
+    async with (
+        client_for(server, max_concurrency=4) as client,
+        client.stream([req(0), req(1), req(2)]) as results,
+    ):
+        ids = [r.id async for r in results]
     assert ids[-1] == "q0"
 
 
@@ -203,7 +208,8 @@ async def test_leaving_a_stream_early_cancels_in_flight_work() -> None:
                 assert result.id == "q0"
                 break
         assert client.statistics().in_flight == 0
-        assert client._limiter is not None and client._limiter.borrowed_tokens == 0
+        assert client._limiter is not None
+        assert client._limiter.borrowed_tokens == 0
     assert server.in_flight == 0
 
 
@@ -218,7 +224,8 @@ async def test_cancellation_at_random_points_leaves_nothing_behind(seed: int) ->
             await client.run(req(i) for i in range(10_000))
         assert scope.cancelled_caught
         assert client.statistics().in_flight == 0
-        assert client._limiter is not None and client._limiter.borrowed_tokens == 0
+        assert client._limiter is not None
+        assert client._limiter.borrowed_tokens == 0
         assert len(anyio.get_running_tasks()) == baseline
         # The client is still usable afterwards.
         assert (await client.complete(req("after"))).ok

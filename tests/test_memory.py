@@ -7,6 +7,7 @@ import tracemalloc
 from collections.abc import Iterator
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import corral
@@ -33,7 +34,7 @@ async def run_admission(n: int, sample_every: int = 0) -> tuple[int, int]:
     growth = 0
 
     async def execute(request: corral.ChatRequest) -> str:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         return request.id
 
     async def deliver(index: int, result: str) -> None:

@@ -16,8 +16,9 @@ from corral._models import StatisticsCollector, percentile
 json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20)
 json_values = st.recursive(
     json_scalars,
-    lambda children: st.lists(children, max_size=3)
-    | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
     max_leaves=8,
 )
 json_objects = st.dictionaries(st.text(min_size=1, max_size=8), json_values, max_size=4)
@@ -160,12 +161,16 @@ def test_from_openai_keeps_unmodelled_fields_in_extra() -> None:
         ({"model": "", "messages": [{"role": "user", "content": "x"}]}, "model"),
         ({"model": "m", "messages": []}, "messages must not be empty"),
         ({"model": "m", "messages": [{"role": "robot", "content": "x"}]}, "role"),
-        ({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0},
-         "max_tokens"),
+        (
+            {"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0},
+            "max_tokens",
+        ),
         ({"model": "m", "messages": [{"role": "user", "content": "x"}], "id": ""}, "id"),
     ],
 )
-def test_bad_requests_are_refused_with_the_field_named(kwargs: dict[str, Any], fragment: str) -> None:
+def test_bad_requests_are_refused_with_the_field_named(
+    kwargs: dict[str, Any], fragment: str
+) -> None:
     """Invalid request fields raise ValueError naming the field."""
     with pytest.raises(ValueError, match=fragment):
         corral.ChatRequest(**kwargs)
@@ -198,8 +203,16 @@ def test_statistics_count_failures_by_kind_retries_and_percentiles() -> None:
     collector = StatisticsCollector(100.0)
     for i in range(1, 101):
         collector.add(
-            corral.Completion(f"c{i}", "m", "", "stop", corral.Usage(2, 3), cost_usd=0.5,
-                              latency_s=float(i), attempts=2 if i <= 10 else 1)
+            corral.Completion(
+                f"c{i}",
+                "m",
+                "",
+                "stop",
+                corral.Usage(2, 3),
+                cost_usd=0.5,
+                latency_s=float(i),
+                attempts=2 if i <= 10 else 1,
+            )
         )
     collector.add(corral.Failure("f1", corral.ErrorInfo("timeout", "t"), attempts=3))
     collector.add(corral.Failure("f2", corral.ErrorInfo("budget_exhausted", "b"), attempts=0))

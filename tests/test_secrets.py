@@ -11,10 +11,10 @@ from collections.abc import Iterator
 import httpx2
 import pytest
 import stamina
-from scripted import ScriptedServer
 
 import corral
 from corral.providers import OpenAI
+from scripted import ScriptedServer
 
 pytestmark = pytest.mark.anyio
 
@@ -40,7 +40,7 @@ def debug_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFi
 def test_secret_wrapper_masks_every_rendering() -> None:
     """Secret's repr, str, format and f-string show a mask, and it refuses to be pickled."""
     secret = corral.Secret(CANARY)
-    for text in (repr(secret), str(secret), f"{secret}", f"{secret!r}", "%s" % secret):
+    for text in (repr(secret), str(secret), f"{secret}", f"{secret!r}", "%s" % secret):  # noqa: UP031
         assert_clean(text)
     assert secret.reveal() == CANARY
     with pytest.raises(TypeError, match="cannot be pickled"):
@@ -50,8 +50,14 @@ def test_secret_wrapper_masks_every_rendering() -> None:
 async def test_canary_key_never_leaks(debug_logs: pytest.LogCaptureFixture) -> None:
     """Across successes, retries and every failure kind, the key appears nowhere but the header."""
     server = ScriptedServer(
-        {"ok": [200], "retry": [500, "reset", 200], "auth": [401] * 2, "gone": [404] * 2,
-         "slow": [429] * 6, "broken": [lambda r: httpx2.Response(200, text="{")] * 2},
+        {
+            "ok": [200],
+            "retry": [500, "reset", 200],
+            "auth": [401] * 2,
+            "gone": [404] * 2,
+            "slow": [429] * 6,
+            "broken": [lambda r: httpx2.Response(200, text="{")] * 2,
+        },
         retry_after="0",
     )
     provider = OpenAI("http://127.0.0.1:9/v1", api_key=CANARY)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import anyio
 import pytest
-from scripted import ScriptedServer
 
 import corral
 from corral.providers import OpenAI
+from scripted import ScriptedServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.virtual_time]
 
@@ -18,7 +18,9 @@ def req(i: int) -> corral.ChatRequest:
 
 def client_for(server: ScriptedServer, **kwargs: object) -> corral.Client:
     return corral.Client(
-        OpenAI("http://127.0.0.1:9/v1", api_key="k"), http_client=server.client(), **kwargs  # type: ignore[arg-type]
+        OpenAI("http://127.0.0.1:9/v1", api_key="k"),
+        http_client=server.client(),
+        **kwargs,  # type: ignore[arg-type]
     )
 
 
@@ -94,8 +96,7 @@ async def test_max_retry_after_caps_the_wait() -> None:
 async def test_deadline_stops_backoff_in_time() -> None:
     """The per-request deadline ends retries, as a timeout naming the last error."""
     server = ScriptedServer(default=lambda rid, n: 500)
-    policy = corral.RetryPolicy(attempts=50, timeout=20, wait_initial=3, wait_max=3,
-                                wait_jitter=0)
+    policy = corral.RetryPolicy(attempts=50, timeout=20, wait_initial=3, wait_max=3, wait_jitter=0)
     async with client_for(server, retry=policy) as client:
         start = anyio.current_time()
         batch = await client.run([req(1)])

@@ -2,11 +2,17 @@
 
 General layout (everything public is re-exported here, flat):
 
-- ``_client``: :class:`Client` (complete / run / stream) and its statistics.
+- ``_client``: :class:`Client` (complete / complete_stream / run / stream) and its statistics.
 - ``_runner``: the acquire-then-spawn admission loop.
 - ``_models`` / ``_serde``: request and result values, and the one cattrs converter.
 - ``_errors``: the exception tree (drawn in its docstring).
 - ``_retry``: :class:`RetryPolicy`, error classification, retry hints.
+- ``_ratelimit``: :class:`RateLimit`, the GCRA core, header learning, the shared cooldown.
+- ``_breaker``: :class:`CircuitBreaker`, per endpoint.
+- ``_budget``: :class:`Budget` (reserve the worst case, then settle).
+- ``_pricing``: :class:`Pricing` and the bundled ``prices.json``.
+- ``_adaptive``: AIMD concurrency for ``max_concurrency="auto"``.
+- ``_streaming``: SSE reading, time to first token, :class:`CompletionStream`.
 - ``_secret``: the masked wrapper API keys live in.
 - ``providers``: one pure adapter per API.
 - ``testing``: the mock server and test helpers (not imported here).
@@ -19,6 +25,9 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
+from ._adaptive import AdaptiveConcurrency, AdaptiveStatistics
+from ._breaker import BreakerState, BreakerStatistics, CircuitBreaker
+from ._budget import Budget, BudgetStatistics
 from ._client import Client, ClientStatistics, ResultStream
 from ._errors import (
     AuthenticationError,
@@ -42,10 +51,13 @@ from ._errors import (
     ServerError,
 )
 from ._models import (
+    AnyRequest,
     BatchResult,
     BatchStatistics,
     ChatRequest,
     Completion,
+    EmbeddingRequest,
+    EmbeddingResult,
     ErrorInfo,
     ErrorKind,
     Failure,
@@ -53,37 +65,59 @@ from ._models import (
     Result,
     Usage,
 )
+from ._pricing import CostBreakdown, LongContextPrice, ModelPrice, Pricing
+from ._ratelimit import LimitInfo, RateLimit, RateLimiterStatistics, RateLimitHeaders
 from ._retry import RetryPolicy
 from ._secret import Secret
 from ._serde import converter, from_json, to_json
+from ._streaming import CompletionStream, StreamStatistics
 
 __all__ = [
+    "AdaptiveConcurrency",
+    "AdaptiveStatistics",
+    "AnyRequest",
     "AuthenticationError",
     "BadRequestError",
     "BatchResult",
     "BatchStatistics",
+    "BreakerState",
+    "BreakerStatistics",
+    "Budget",
     "BudgetExhaustedError",
+    "BudgetStatistics",
     "ChatRequest",
+    "CircuitBreaker",
     "CircuitOpenError",
     "Client",
     "ClientStatistics",
     "Completion",
+    "CompletionStream",
     "ConfigurationError",
     "ConnectionFailedError",
     "ContentFilterError",
     "ContextLengthError",
     "CorralError",
+    "CostBreakdown",
+    "EmbeddingRequest",
+    "EmbeddingResult",
     "ErrorInfo",
     "ErrorKind",
     "Failure",
     "InvalidInputError",
     "InvalidRequestError",
     "InvalidResponseError",
+    "LimitInfo",
+    "LongContextPrice",
     "Message",
+    "ModelPrice",
     "NotFoundError",
     "OverloadedError",
     "PermissionDeniedError",
+    "Pricing",
+    "RateLimit",
+    "RateLimitHeaders",
     "RateLimitedError",
+    "RateLimiterStatistics",
     "RequestFailed",
     "RequestTimeoutError",
     "Result",
@@ -91,6 +125,7 @@ __all__ = [
     "RetryPolicy",
     "Secret",
     "ServerError",
+    "StreamStatistics",
     "Usage",
     "__version__",
     "converter",

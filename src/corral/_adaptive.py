@@ -34,13 +34,7 @@ import attrs
 
 from ._errors import ConfigurationError
 
-__all__ = [
-    "AdaptiveConcurrency",
-    "AdaptiveLimiter",
-    "AdaptiveStatistics",
-    "Signal",
-    "signal_for_kind",
-]
+__all__ = ["AdaptiveConcurrency", "AdaptiveStatistics"]
 
 
 class Signal(enum.Enum):

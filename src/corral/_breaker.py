@@ -38,16 +38,7 @@ import attrs
 
 from ._errors import ConfigurationError
 
-__all__ = [
-    "Admission",
-    "Breaker",
-    "BreakerRegistry",
-    "BreakerState",
-    "BreakerStatistics",
-    "CircuitBreaker",
-    "Outcome",
-    "outcome_for_kind",
-]
+__all__ = ["BreakerState", "BreakerStatistics", "CircuitBreaker"]
 
 
 class BreakerState(enum.StrEnum):

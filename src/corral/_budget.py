@@ -28,7 +28,7 @@ import attrs
 
 from ._errors import ConfigurationError
 
-__all__ = ["Budget", "BudgetStatistics", "BudgetTracker", "Reservation", "Verdict"]
+__all__ = ["Budget", "BudgetStatistics"]
 
 _NANO: Final = 1_000_000_000
 

@@ -4,48 +4,91 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
+from functools import partial
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Final, Literal, Self, TypeVar, overload
 
 import anyio
 import attrs
 import httpx2
 import stamina
 
-from ._errors import ConfigurationError, exception_for
+from ._adaptive import AdaptiveConcurrency, AdaptiveLimiter, AdaptiveStatistics, signal_for_kind
+from ._breaker import BreakerRegistry, BreakerStatistics, CircuitBreaker, outcome_for_kind
+from ._budget import Budget, BudgetStatistics, BudgetTracker, Reservation
+from ._errors import ConfigurationError, InvalidRequestError, exception_for
 from ._models import (
+    AnyRequest,
     BatchResult,
     BatchStatistics,
     ChatRequest,
     Completion,
+    EmbeddingRequest,
+    EmbeddingResult,
     ErrorInfo,
     ErrorKind,
     Failure,
     Result,
     StatisticsCollector,
 )
+from ._pricing import Pricing
+from ._ratelimit import RateLimit, RateLimiter, RateLimiterStatistics
 from ._retry import RetryPolicy, classify_exception
 from ._runner import LazyInput, admit
-from .providers._base import InvalidResponse, Provider
+from ._streaming import CompletionStream, EventReader, stream_failure
+from .providers._base import (
+    EmbeddingProvider,
+    InvalidResponse,
+    Provider,
+    ProviderError,
+    StreamingProvider,
+)
 
 __all__ = ["Client", "ClientStatistics", "ResultStream"]
 
 log = logging.getLogger("corral")
 
-Requests = Iterable[ChatRequest] | AsyncIterable[ChatRequest]
+Requests = Iterable[AnyRequest] | AsyncIterable[AnyRequest]
+
+T = TypeVar("T")
+_Success = TypeVar("_Success", Completion, EmbeddingResult)
+
+_CHAT: Final = 0
+_STREAM: Final = 1
+_EMBED: Final = 2
 
 
 class _AttemptFailed(Exception):
-    """One HTTP attempt failed; carries the normalised error to the retry hook."""
+    """One HTTP attempt failed; carries the normalised error to the retry hook.
 
-    __slots__ = ("gave_up", "info")
+    ``final`` marks a failure after a stream's first delta: never retried.
+    """
 
-    def __init__(self, info: ErrorInfo) -> None:
+    __slots__ = ("final", "gave_up", "info")
+
+    def __init__(self, info: ErrorInfo, *, final: bool = False) -> None:
         super().__init__(info.message)
         self.info = info
+        self.final = final
         self.gave_up: str | None = None
+
+
+class _Prepared:
+    """A request with its HTTP request built once, for every attempt, and its size estimate."""
+
+    __slots__ = ("http", "input_estimate", "max_output", "mode", "request")
+
+    def __init__(self, request: AnyRequest, http: httpx2.Request, mode: int) -> None:
+        self.request = request
+        self.http = http
+        self.mode = mode
+        self.input_estimate = 0
+        self.max_output = 0
+
+    def __repr__(self) -> str:
+        return f"<_Prepared {self.request.id!r} mode={self.mode}>"
 
 
 @attrs.frozen
@@ -53,12 +96,16 @@ class ClientStatistics:
     """A snapshot of a client's activity since it was opened.
 
     Args:
-        max_concurrency: The concurrency limit.
+        max_concurrency: The concurrency limit now (it moves with adaptive concurrency).
         in_flight: Requests being worked on now.
         started: Requests started.
         succeeded: Requests that completed.
         failed: Requests that failed.
         attempts: HTTP attempts made.
+        rate_limiter: The rate limiter's counters and learned limits.
+        breakers: Each endpoint's circuit breaker, when a breaker is configured.
+        budget: The budget's spend and reservations, when a budget is configured.
+        adaptive: The adaptive concurrency controller, with ``max_concurrency="auto"``.
     """
 
     max_concurrency: int
@@ -67,6 +114,10 @@ class ClientStatistics:
     succeeded: int
     failed: int
     attempts: int
+    rate_limiter: RateLimiterStatistics | None = None
+    breakers: dict[str, BreakerStatistics] = attrs.field(factory=dict)
+    budget: BudgetStatistics | None = None
+    adaptive: AdaptiveStatistics | None = None
 
 
 class ResultStream:
@@ -114,17 +165,36 @@ class Client:
     Use it as an async context manager; nothing it starts outlives the ``async with``. It can be
     opened inside any task group, on asyncio or trio.
 
+    Each request passes, in order: budget, circuit breaker, concurrency limit, rate limit,
+    retries, transport. Every layer but the concurrency limit is optional.
+
     Args:
         provider: The API adapter, for example :class:`corral.providers.OpenAI`.
-        max_concurrency: The most requests in flight at once.
+        max_concurrency: The most requests in flight at once, or ``"auto"`` to find the
+            server's capacity at run time (see *adaptive*).
         retry: The retry policy; ``RetryPolicy()`` when not given.
         request_timeout: Seconds one HTTP attempt may take, all of it.
+        rate_limit: Requests and tokens per minute to pace by. Even without one, the limits the
+            server announces in its rate-limit headers are learned and a 429 pauses every
+            worker at once (a shared cooldown); ``RateLimit(learn_from_headers=False)`` turns
+            that off.
+        breaker: A circuit breaker per provider endpoint; None for none.
+        budget: The most money and tokens the client may spend; None for no limit.
+        pricing: Prices for ``cost_usd`` and the budget; ``Pricing.default()`` when not given.
+        adaptive: The bounds and tuning of ``max_concurrency="auto"``;
+            ``AdaptiveConcurrency()`` when not given.
         http_client: Your own :class:`httpx2.AsyncClient` (proxies, mTLS, event hooks). corral
             never closes a client it did not create.
     """
 
     __slots__ = (
+        "_adaptive",
+        "_adaptive_policy",
         "_attempts",
+        "_breaker_policy",
+        "_breakers",
+        "_budget",
+        "_budget_policy",
         "_failed",
         "_http",
         "_in_flight",
@@ -132,7 +202,10 @@ class Client:
         "_max_concurrency",
         "_open",
         "_own_http",
+        "_pricing",
         "_provider",
+        "_rate",
+        "_rate_policy",
         "_request_timeout",
         "_retry",
         "_started",
@@ -144,9 +217,14 @@ class Client:
         self,
         provider: Provider,
         *,
-        max_concurrency: int = 64,
+        max_concurrency: int | Literal["auto"] = 64,
         retry: RetryPolicy | None = None,
         request_timeout: float = 60.0,
+        rate_limit: RateLimit | None = None,
+        breaker: CircuitBreaker | None = None,
+        budget: Budget | None = None,
+        pricing: Pricing | None = None,
+        adaptive: AdaptiveConcurrency | None = None,
         http_client: httpx2.AsyncClient | None = None,
     ) -> None:
         if not isinstance(provider, Provider):
@@ -154,14 +232,45 @@ class Client:
                 f"provider must be a corral provider adapter (such as corral.providers.OpenAI), "
                 f"got {type(provider).__name__}"
             )
-        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or (
-            max_concurrency < 1
+        self._adaptive_policy: AdaptiveConcurrency | None = None
+        if max_concurrency == "auto":
+            self._adaptive_policy = adaptive if adaptive is not None else AdaptiveConcurrency()
+            max_concurrency = self._adaptive_policy.max_concurrency
+        elif adaptive is not None:
+            raise ConfigurationError('adaptive= needs max_concurrency="auto"')
+        if (
+            isinstance(max_concurrency, bool)
+            or not isinstance(max_concurrency, int)
+            or (max_concurrency < 1)
         ):
             raise ConfigurationError(
-                f"max_concurrency must be an integer >= 1, got {max_concurrency!r}"
+                f'max_concurrency must be an integer >= 1 or "auto", got {max_concurrency!r}'
             )
-        if not (isinstance(request_timeout, int | float) and math.isfinite(request_timeout)
-                and request_timeout > 0):
+        for name, value, cls in (
+            ("retry", retry, RetryPolicy),
+            ("rate_limit", rate_limit, RateLimit),
+            ("breaker", breaker, CircuitBreaker),
+            ("budget", budget, Budget),
+            ("pricing", pricing, Pricing),
+            ("adaptive", adaptive, AdaptiveConcurrency),
+        ):
+            if value is not None and not isinstance(value, cls):
+                raise ConfigurationError(
+                    f"{name} must be a corral.{cls.__name__}, got {type(value).__name__}"
+                )
+        self._rate_policy = rate_limit if rate_limit is not None else RateLimit()
+        self._breaker_policy = breaker
+        self._budget_policy = budget
+        self._pricing = pricing if pricing is not None else Pricing.default()
+        self._rate: RateLimiter | None = None
+        self._breakers: BreakerRegistry | None = None
+        self._budget: BudgetTracker | None = None
+        self._adaptive: AdaptiveLimiter | None = None
+        if not (
+            isinstance(request_timeout, int | float)
+            and math.isfinite(request_timeout)
+            and request_timeout > 0
+        ):
             raise ConfigurationError(f"request_timeout must be > 0, got {request_timeout!r}")
         self._provider = provider
         self._max_concurrency = max_concurrency
@@ -185,11 +294,20 @@ class Client:
 
     def __repr__(self) -> str:
         state = "open" if self._open else "closed"
-        return (
-            f"<corral.Client {state} provider={self._provider!r} "
-            f"max_concurrency={self._max_concurrency} retry={self._retry!r} "
-            f"in_flight={self._in_flight}>"
-        )
+        concurrency = "auto" if self._adaptive_policy is not None else self._max_concurrency
+        parts = [
+            f"<corral.Client {state} provider={self._provider!r}",
+            f"max_concurrency={concurrency!r}",
+            f"retry={self._retry!r}",
+        ]
+        if self._rate_policy.limits():
+            parts.append(f"rate_limit={self._rate_policy!r}")
+        if self._breaker_policy is not None:
+            parts.append(f"breaker={self._breaker_policy!r}")
+        if self._budget_policy is not None:
+            parts.append(f"budget={self._budget_policy!r}")
+        parts.append(f"in_flight={self._in_flight}>")
+        return " ".join(parts)
 
     async def __aenter__(self) -> Self:
         if self._open:
@@ -204,6 +322,13 @@ class Client:
                 follow_redirects=False,
             )
         self._limiter = anyio.CapacityLimiter(self._max_concurrency)
+        if self._adaptive_policy is not None:
+            self._adaptive = AdaptiveLimiter(self._adaptive_policy, self._limiter)
+        self._rate = RateLimiter(self._rate_policy)
+        if self._breaker_policy is not None:
+            self._breakers = BreakerRegistry(self._breaker_policy)
+        if self._budget_policy is not None:
+            self._budget = BudgetTracker(self._budget_policy)
         self._open = True
         return self
 
@@ -221,46 +346,133 @@ class Client:
 
     def statistics(self) -> ClientStatistics:
         """Return a snapshot of this client's activity."""
+        limit = self._max_concurrency
+        if self._limiter is not None:
+            limit = int(self._limiter.total_tokens)
         return ClientStatistics(
-            max_concurrency=self._max_concurrency,
+            max_concurrency=limit,
             in_flight=self._in_flight,
             started=self._started,
             succeeded=self._succeeded,
             failed=self._failed,
             attempts=self._attempts,
+            rate_limiter=self._rate.statistics() if self._rate is not None else None,
+            breakers=dict(self._breakers.statistics()) if self._breakers is not None else {},
+            budget=self._budget.statistics() if self._budget is not None else None,
+            adaptive=self._adaptive.statistics() if self._adaptive is not None else None,
         )
 
     # -- public calls -------------------------------------------------------------------------
 
-    async def complete(self, request: ChatRequest) -> Completion:
-        """Send one request and return its completion.
+    @overload
+    async def complete(self, request: ChatRequest) -> Completion: ...
+
+    @overload
+    async def complete(self, request: EmbeddingRequest) -> EmbeddingResult: ...
+
+    async def complete(self, request: AnyRequest) -> Completion | EmbeddingResult:
+        """Send one request and return its completion, or its embeddings.
 
         Raises the :class:`corral.RequestFailed` subclass that matches the failure's kind (for
-        example :class:`corral.RateLimitedError`) when it fails after retries.
+        example :class:`corral.RateLimitedError`) when it fails after retries, and
+        :class:`corral.InvalidRequestError`, before sending anything, for a request the provider
+        cannot take (an Anthropic request without ``max_tokens``, embeddings on Anthropic).
+
+        Args:
+            request: A :class:`corral.ChatRequest` or a :class:`corral.EmbeddingRequest`.
+        """
+        limiter = self._require_open()
+        _check_request(request)
+        prepared = self._prepare(request, stream=False)
+        async with limiter:
+            result = await self._execute_prepared(prepared)
+        if isinstance(result, Failure):
+            raise exception_for(result.error, request_id=result.id, attempts=result.attempts)
+        return result
+
+    @asynccontextmanager
+    async def complete_stream(self, request: ChatRequest) -> AsyncIterator[CompletionStream]:
+        """Stream one completion: yield a :class:`corral.CompletionStream` of text deltas.
+
+        Use as ``async with client.complete_stream(request) as deltas:`` then
+        ``async for text in deltas: ...``; after the loop, ``deltas.completion`` is the final
+        :class:`corral.Completion`, with ``ttft_s`` and ``inter_token_gaps_s``. Leaving the block
+        early, or cancelling it, closes the connection.
+
+        Retries (and the retry policy's deadline) apply only until the first text delta: a
+        failure before it is retried like any other attempt and, once retries are spent, raised
+        when the block is entered. A failure after it raises from the iteration, as the
+        :class:`corral.RequestFailed` subclass of its kind (a connection broken mid-stream is a
+        :class:`corral.ConnectionFailedError`, a stream cut before its final event an
+        :class:`corral.InvalidResponseError`). Between deltas, each read may take up to
+        ``request_timeout``.
 
         Args:
             request: The request.
         """
         limiter = self._require_open()
-        _check_request(request)
+        if not isinstance(request, ChatRequest):
+            raise TypeError(
+                f"complete_stream takes a corral.ChatRequest, got {type(request).__name__}"
+            )
+        self._require_streaming()
+        prepared = self._prepare(request, stream=True)
         async with limiter:
-            result = await self._execute(request)
-        if isinstance(result, Failure):
-            raise exception_for(result.error, request_id=result.id, attempts=result.attempts)
-        return result
+            self._started += 1
+            self._in_flight += 1
+            reservation: Reservation | None = None
+            try:
+                start = anyio.current_time()
+                budgeted = await self._reserve_budget(prepared)
+                if isinstance(budgeted, Failure):
+                    self._failed += 1
+                    raise exception_for(budgeted.error, request_id=request.id, attempts=0)
+                reservation = budgeted
+                outcome = await self._with_retries(
+                    prepared, start, partial(self._open_stream, prepared, start)
+                )
+                if isinstance(outcome, Failure):
+                    self._failed += 1
+                    self._settle_budget(reservation, outcome)
+                    raise exception_for(
+                        outcome.error, request_id=request.id, attempts=outcome.attempts
+                    )
+                reader, attempts = outcome
 
-    async def run(self, requests: Requests) -> BatchResult:
+                def end(completion: Completion | None) -> Completion | None:
+                    self._count_end(completion)
+                    if completion is not None:
+                        completion = self._priced(completion)
+                    self._settle_budget(reservation, completion)
+                    return completion
+
+                try:
+                    yield CompletionStream(reader, request.id, start, attempts, end)
+                finally:
+                    await reader.aclose()
+            finally:
+                self._in_flight -= 1
+                if reservation is not None and self._budget is not None:
+                    # Cancelled or broken before the end: keep the worst case as spent.
+                    self._budget.settle(reservation, None, reservation.tokens)
+
+    async def run(self, requests: Requests, *, stream: bool = False) -> BatchResult:
         """Send every request and return all results, in input order.
 
         Failures come back as :class:`corral.Failure` values; only bugs and cancellation raise.
         An exception raised while reading the input (a non-request item, or your iterator's
-        own error) cancels the work in flight and propagates unwrapped. The input is read lazily, but the results are all kept: use :meth:`stream` for inputs too
-        large to hold.
+        own error) cancels the work in flight and propagates unwrapped. The input is read
+        lazily, but the results are all kept: use :meth:`stream` for inputs too large to hold.
 
         Args:
-            requests: Any iterable or async iterable of requests.
+            requests: Any iterable or async iterable of chat and embedding requests.
+            stream: Send chat requests as streams, to measure time to first token and the gaps
+                between tokens (``ttft_s``, ``inter_token_gaps_s``, and the TTFT and TPOT
+                percentiles of the statistics). Embedding requests are never streamed.
         """
         limiter = self._require_open()
+        if stream:
+            self._require_streaming()
         collector = StatisticsCollector(anyio.current_time())
         results: list[Result | None] = []
 
@@ -268,18 +480,22 @@ class Client:
             results[index] = result
             collector.add(result)
 
-        def check(request: ChatRequest) -> None:
+        def check(request: AnyRequest) -> None:
             _check_request(request)
             results.append(None)
 
-        await admit(LazyInput(requests, check), limiter, self._execute, deliver)
+        await admit(
+            LazyInput(requests, check), limiter, partial(self._execute, stream=stream), deliver
+        )
         done = tuple(r for r in results if r is not None)
         if len(done) != len(results):  # pragma: no cover - would be a bug in admit()
             raise AssertionError("a request produced no result")
         return BatchResult(done, collector.snapshot(anyio.current_time()))
 
     @asynccontextmanager
-    async def stream(self, requests: Requests) -> AsyncIterator[ResultStream]:
+    async def stream(
+        self, requests: Requests, *, stream: bool = False
+    ) -> AsyncIterator[ResultStream]:
         """Send every request and yield results as they complete, in bounded memory.
 
         Use as ``async with client.stream(requests) as results: async for r in results: ...``.
@@ -288,11 +504,16 @@ class Client:
         iteration, unwrapped, after the results that came before it.
 
         Args:
-            requests: Any iterable or async iterable of requests.
+            requests: Any iterable or async iterable of chat and embedding requests.
+            stream: Send chat requests as streams, to measure time to first token (see
+                :meth:`run`).
         """
         limiter = self._require_open()
+        if stream:
+            self._require_streaming()
         send, receive = anyio.create_memory_object_stream[Result](self._max_concurrency)
         collector = StatisticsCollector(anyio.current_time())
+        execute = partial(self._execute, stream=stream)
 
         async def deliver(index: int, result: Result) -> None:
             await send.send(result)
@@ -302,9 +523,7 @@ class Client:
         async def feed() -> None:
             async with send:
                 try:
-                    await admit(
-                        LazyInput(requests, _check_request), limiter, self._execute, deliver
-                    )
+                    await admit(LazyInput(requests, _check_request), limiter, execute, deliver)
                 except Exception as exc:
                     results._error = exc
 
@@ -330,35 +549,220 @@ class Client:
             raise RuntimeError("use the Client inside 'async with corral.Client(...) as client:'")
         return self._limiter
 
-    async def _execute(self, request: ChatRequest) -> Result:
+    def _require_streaming(self) -> None:
+        if not isinstance(self._provider, StreamingProvider):
+            raise ConfigurationError(
+                f"provider {self._provider.name!r} does not stream: it has no "
+                f"build_stream_request/stream_parser (see corral.providers.StreamingProvider)"
+            )
+
+    def _count_end(self, completion: Completion | None) -> Completion | None:
+        if completion is None:
+            self._failed += 1
+        else:
+            self._succeeded += 1
+        return completion
+
+    def _prepare(self, request: AnyRequest, *, stream: bool) -> _Prepared:
+        """Build the HTTP request once; raise InvalidRequestError when the provider cannot."""
+        provider = self._provider
+        if isinstance(request, EmbeddingRequest):
+            if not isinstance(provider, EmbeddingProvider):
+                raise InvalidRequestError(
+                    f"request {request.id!r}: {provider.name} has no embeddings API; "
+                    f"send embedding requests through a provider that has one (OpenAI, Gemini)"
+                )
+            prepared = _Prepared(request, provider.build_embedding_request(request), _EMBED)
+            texts = [request.input] if isinstance(request.input, str) else request.input
+            prepared.input_estimate = self._rate_policy.count_tokens("\n".join(texts))
+            return prepared
+        if stream:
+            assert isinstance(provider, StreamingProvider)
+            prepared = _Prepared(request, provider.build_stream_request(request), _STREAM)
+        else:
+            prepared = _Prepared(request, provider.build_request(request), _CHAT)
+        needs_estimate = self._budget_policy is not None or self._rate_policy.limits()
+        if needs_estimate or self._rate_policy.learn_from_headers:
+            prepared.input_estimate = self._rate_policy.count_tokens(request.prompt_text)
+        prepared.max_output = request.max_tokens or 0
+        return prepared
+
+    async def _reserve_budget(self, prepared: _Prepared) -> Reservation | Failure | None:
+        """Reserve a request's worst case; a Failure means the budget refuses it."""
+        budget = self._budget
+        if budget is None:
+            return None
+        request = prepared.request
+        tokens = prepared.input_estimate + prepared.max_output
+        worst = self._pricing.worst_case_cost(
+            request.model, prepared.input_estimate, prepared.max_output or None
+        )
+        reservation = None if budget.exhausted else await budget.reserve(worst, tokens)
+        if reservation is not None:
+            return reservation
+        policy = self._budget_policy
+        if worst is None and policy is not None and policy.max_cost_usd is not None:
+            why = (
+                f"no known price for model {request.model!r} or no max_tokens, so its worst "
+                f"case cannot be reserved under max_cost_usd; add a price with "
+                f"Pricing.with_overrides() and set max_tokens"
+            )
+        else:
+            why = f"the budget cannot fit this request ({budget.statistics()!r})"
+        return Failure(request.id, ErrorInfo(ErrorKind.BUDGET_EXHAUSTED, why), 0, 0.0)
+
+    def _settle_budget(self, reservation: Reservation | None, result: Result | None) -> None:
+        budget = self._budget
+        if reservation is None or budget is None:
+            return
+        if isinstance(result, Completion | EmbeddingResult):
+            budget.settle(reservation, result.cost_usd, result.usage.total_tokens)
+        elif isinstance(result, Failure) and (
+            result.attempts == 0 or result.error.status_code is not None
+        ):
+            # Refused before sending, or answered with an error status: nothing was billed.
+            budget.release(reservation)
+        else:
+            # A timeout or a broken connection may still have been billed: count the worst case.
+            budget.settle(reservation, None, reservation.tokens)
+
+    def _priced(self, value: _Success) -> _Success:
+        cost = self._pricing.cost(value.model or value.id, value.usage)
+        return attrs.evolve(value, cost_usd=cost) if cost is not None else value
+
+    async def _execute(self, request: AnyRequest, stream: bool = False) -> Result:
         """Run one request through retries; return its result. Expected failures are values."""
+        try:
+            prepared = self._prepare(request, stream=stream)
+        except InvalidRequestError as exc:
+            self._started += 1
+            self._failed += 1
+            log.debug("request %s refused before sending: %s", request.id, exc)
+            return Failure(request.id, ErrorInfo(ErrorKind.BAD_REQUEST, str(exc)), 0, 0.0)
+        return await self._execute_prepared(prepared)
+
+    async def _execute_prepared(self, prepared: _Prepared) -> Result:
         self._started += 1
         self._in_flight += 1
+        reservation = None
         try:
-            result = await self._with_retries(request)
+            budgeted = await self._reserve_budget(prepared)
+            if isinstance(budgeted, Failure):
+                result: Result = budgeted
+            else:
+                reservation = budgeted
+                result = await self._with_attempts(prepared)
+                self._settle_budget(reservation, result)
         finally:
             self._in_flight -= 1
-        if isinstance(result, Completion):
-            self._succeeded += 1
-        else:
+            if reservation is not None and self._budget is not None:
+                # Cancelled mid-request: it may have been billed, so keep the worst case.
+                self._budget.settle(reservation, None, reservation.tokens)
+        if isinstance(result, Failure):
             self._failed += 1
+        else:
+            self._succeeded += 1
         return result
 
-    async def _with_retries(self, request: ChatRequest) -> Result:
-        policy = self._retry
+    async def _with_attempts(self, prepared: _Prepared) -> Result:
+        request = prepared.request
         start = anyio.current_time()
+        attempt: Callable[[], Awaitable[Completion | EmbeddingResult]]
+        if prepared.mode == _STREAM:
+            attempt = partial(self._streamed_attempt, prepared, start)
+        elif isinstance(request, EmbeddingRequest):
+            provider = self._provider
+            assert isinstance(provider, EmbeddingProvider)
+            attempt = partial(
+                self._attempt, prepared.http, partial(provider.parse_embedding_response, request)
+            )
+        else:
+            attempt = partial(
+                self._attempt, prepared.http, partial(self._provider.parse_response, request)
+            )
+        outcome: tuple[Completion | EmbeddingResult, int] | Failure = await self._with_retries(
+            prepared, start, attempt
+        )
+        if isinstance(outcome, Failure):
+            return outcome
+        value, attempts = outcome
+        cost = self._pricing.cost(value.model or request.model, value.usage)
+        return attrs.evolve(
+            value, latency_s=anyio.current_time() - start, attempts=attempts, cost_usd=cost
+        )
+
+    async def _with_retries(
+        self, prepared: _Prepared, start: float, attempt: Callable[[], Awaitable[T]]
+    ) -> tuple[T, int] | Failure:
+        """Call *attempt* under the retry policy; return its value and the attempt count."""
+        policy = self._retry
+        request_id = prepared.request.id
         deadline = start + policy.timeout if policy.timeout is not None else math.inf
         attempts = 0
         last: _AttemptFailed | None = None
+        breaker = self._breakers.get(self._provider.endpoint) if self._breakers else None
+        rate = self._rate
+        adaptive = self._adaptive
 
-        async def attempt() -> Completion:
+        async def counted() -> T:
             nonlocal attempts
-            attempts += 1
-            self._attempts += 1
-            return await self._attempt(request)
+            admission = None
+            if breaker is not None:
+                admission = await breaker.admit()
+                if admission is None:
+                    stats = breaker.statistics()
+                    raise _AttemptFailed(
+                        ErrorInfo(
+                            ErrorKind.CIRCUIT_OPEN,
+                            f"circuit for {self._provider.endpoint} is {stats.state.value}; "
+                            f"not sent",
+                            retry_after_s=stats.time_until_half_open or None,
+                        ),
+                        final=True,
+                    )
+            outcome: str | None = None  # the error kind's value; None for a success
+            sent = False
+            began = 0.0
+            try:
+                permit = None
+                if rate is not None:
+                    permit = await rate.acquire(prepared.input_estimate, prepared.max_output)
+                attempts += 1
+                self._attempts += 1
+                sent = True
+                began = anyio.current_time()
+                try:
+                    value = await attempt()
+                except _AttemptFailed as exc:
+                    outcome = exc.info.kind.value
+                    if rate is not None and permit is not None:
+                        self._after_refusal(rate, permit, exc.info)
+                    raise
+                if rate is not None and permit is not None:
+                    usage = getattr(value, "usage", None)
+                    if usage is None:
+                        rate.settle(permit, None, None)
+                    else:
+                        rate.settle(permit, usage.input_tokens, usage.output_tokens)
+                return value
+            except _AttemptFailed:
+                raise
+            except BaseException:
+                # Cancellation (or a bug) says nothing about the upstream: free the probe slot
+                # without an outcome, and teach the concurrency controller nothing.
+                if breaker is not None and admission is not None:
+                    breaker.release(admission)
+                    admission = None
+                sent = False
+                raise
+            finally:
+                if breaker is not None and admission is not None:
+                    breaker.record(admission, outcome_for_kind(outcome))
+                if adaptive is not None and sent:
+                    adaptive.record(signal_for_kind(outcome), anyio.current_time() - began)
 
         def retry_hook(exc: Exception) -> bool | float:
-            if not isinstance(exc, _AttemptFailed) or not exc.info.retryable:
+            if not isinstance(exc, _AttemptFailed) or exc.final or not exc.info.retryable:
                 return False
             hint = exc.info.retry_after_s
             if hint is None:
@@ -375,11 +779,11 @@ class Client:
             # nothing extra. A failure is re-raised inside stamina's loop so that stamina decides
             # about it and sleeps its backoff like for any other attempt.
             try:
-                completion = await attempt()
+                value = await counted()
             except _AttemptFailed as exc:
                 last = exc
             else:
-                return self._finish(completion, start, attempts)
+                return value, attempts
             if policy.attempts > 1 and retry_hook(last) is not False:
                 first: _AttemptFailed | None = last
                 try:
@@ -396,12 +800,13 @@ class Client:
                             if first is not None:
                                 pending, first = first, None
                                 raise pending
-                            log.debug("retrying %s (attempt %d)", request.id, attempts + 1)
-                            completion = await attempt()
-                    return self._finish(completion, start, attempts)
+                            log.debug("retrying %s (attempt %d)", request_id, attempts + 1)
+                            value = await counted()
                 except _AttemptFailed as exc:
                     last = exc
-            return self._fail(request, last, start, attempts)
+                else:
+                    return value, attempts
+            return self._fail(request_id, last, start, attempts)
         # The deadline passed.
         detail = f"; last error: {last.info.message}" if last is not None else ""
         info = ErrorInfo(
@@ -411,28 +816,33 @@ class Client:
             retryable=True,
             retry_after_s=last.info.retry_after_s if last is not None else None,
         )
-        return Failure(request.id, info, attempts, anyio.current_time() - start)
+        return Failure(request_id, info, attempts, anyio.current_time() - start)
 
-    def _finish(self, completion: Completion, start: float, attempts: int) -> Completion:
-        return attrs.evolve(
-            completion, latency_s=anyio.current_time() - start, attempts=attempts
-        )
+    @staticmethod
+    def _after_refusal(rate: RateLimiter, permit: Any, info: ErrorInfo) -> None:
+        if info.status_code == 429:
+            # A refused request used no tokens; and every worker waits out the same hint.
+            rate.settle(permit, 0, 0)
+            if info.kind is ErrorKind.RATE_LIMITED:
+                rate.cooldown(info.retry_after_s if info.retry_after_s is not None else 1.0)
+        elif info.status_code is not None:
+            rate.settle(permit, 0, 0)
+        else:
+            rate.settle(permit, None, None)
 
-    def _fail(
-        self, request: ChatRequest, last: _AttemptFailed, start: float, attempts: int
-    ) -> Failure:
+    def _fail(self, request_id: str, last: _AttemptFailed, start: float, attempts: int) -> Failure:
         info = last.info
         if last.gave_up is not None:
             info = attrs.evolve(info, message=f"{info.message} ({last.gave_up})")
-        log.debug("request %s failed: %s", request.id, info.kind.value)
-        return Failure(request.id, info, attempts, anyio.current_time() - start)
+        log.debug("request %s failed: %s", request_id, info.kind.value)
+        return Failure(request_id, info, attempts, anyio.current_time() - start)
 
-    async def _attempt(self, request: ChatRequest) -> Completion:
+    async def _attempt(
+        self, http_request: httpx2.Request, parse: Callable[[httpx2.Response], _Success]
+    ) -> _Success:
         """Make one HTTP attempt; raise :class:`_AttemptFailed` on any expected failure."""
         http = self._http
         assert http is not None
-        provider = self._provider
-        http_request = provider.build_request(request)
         http_request.extensions["timeout"] = self._timeout_ext
         with anyio.move_on_after(self._request_timeout) as scope:
             try:
@@ -448,19 +858,117 @@ class Client:
                 )
             )
         status = response.status_code
+        if self._rate is not None:
+            self._rate.observe(response.headers, status)
         if 200 <= status < 300:
+            return _parse_success(parse, response)
+        raise _AttemptFailed(self._provider.classify_error(response))
+
+    async def _streamed_attempt(self, prepared: _Prepared, start: float) -> Completion:
+        """Open the stream, then read it to the end; failures after its first delta are final."""
+        reader = await self._open_stream(prepared, start)
+        try:
+            while await reader.next_delta() is not None:
+                pass
+            return reader.completion()
+        except Exception as exc:
+            info = stream_failure(exc)
+            if info is None:
+                raise
+            raise _AttemptFailed(info, final=True) from exc
+        finally:
+            await reader.aclose()
+
+    async def _open_stream(self, prepared: _Prepared, start: float) -> EventReader:
+        """Send a streamed request and read up to its first text delta; retryable until then.
+
+        Returns the reader, which owns the open response. On any failure the response is closed
+        before :class:`_AttemptFailed` is raised.
+        """
+        http = self._http
+        assert http is not None
+        http_request = prepared.http
+        http_request.extensions["timeout"] = self._timeout_ext
+        with anyio.move_on_after(self._request_timeout):
             try:
-                return provider.parse_response(request, response)
-            except InvalidResponse as exc:
+                response = await http.send(http_request, stream=True)
+            except (httpx2.HTTPError, OSError) as exc:
+                raise _AttemptFailed(classify_exception(exc)) from exc
+            try:
+                return await self._first_delta(prepared, response, start)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await response.aclose()
+                raise
+        raise _AttemptFailed(
+            ErrorInfo(
+                ErrorKind.TIMEOUT,
+                f"no first token within request_timeout={self._request_timeout:g}s",
+                retryable=True,
+            )
+        )
+
+    async def _first_delta(
+        self, prepared: _Prepared, response: httpx2.Response, start: float
+    ) -> EventReader:
+        provider = self._provider
+        assert isinstance(provider, StreamingProvider)
+        assert isinstance(prepared.request, ChatRequest)
+        request = prepared.request
+        status = response.status_code
+        if self._rate is not None:
+            self._rate.observe(response.headers, status)
+        content_type = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if not 200 <= status < 300 or content_type != "text/event-stream":
+            try:
+                await response.aread()
+            except (httpx2.HTTPError, OSError) as exc:
+                raise _AttemptFailed(classify_exception(exc)) from exc
+            if not 200 <= status < 300:
+                raise _AttemptFailed(provider.classify_error(response))
+            if "json" not in content_type:
                 raise _AttemptFailed(
-                    ErrorInfo(ErrorKind.INVALID_RESPONSE, str(exc), status_code=status)
-                ) from exc
-        raise _AttemptFailed(provider.classify_error(response))
+                    ErrorInfo(
+                        ErrorKind.INVALID_RESPONSE,
+                        f"asked for an event stream, got {content_type or 'no content type'}",
+                        status_code=status,
+                    )
+                )
+            # The server ignored the stream flag and answered whole: still a good answer.
+            completion = _parse_success(partial(provider.parse_response, request), response)
+            return EventReader.whole(response, completion, start)
+        reader = EventReader(response, provider.stream_parser(request), start)
+        try:
+            await reader.prime()
+        except BaseException as exc:
+            await reader.aclose()
+            info = stream_failure(exc) if isinstance(exc, Exception) else None
+            if info is None:
+                raise
+            raise _AttemptFailed(info) from exc
+        return reader
+
+
+def _parse_success(parse: Callable[[httpx2.Response], T], response: httpx2.Response) -> T:
+    """Parse a 2xx response; raise :class:`_AttemptFailed` for a body that reports a failure."""
+    status = response.status_code
+    try:
+        return parse(response)
+    except InvalidResponse as exc:
+        raise _AttemptFailed(
+            ErrorInfo(ErrorKind.INVALID_RESPONSE, str(exc), status_code=status)
+        ) from exc
+    except ProviderError as exc:
+        info = exc.info
+        if info.status_code is None:
+            info = attrs.evolve(info, status_code=status)
+        raise _AttemptFailed(info) from exc
 
 
 def _check_request(request: Any) -> None:
-    if not isinstance(request, ChatRequest):
+    if not isinstance(request, ChatRequest | EmbeddingRequest):
         raise TypeError(
-            f"expected a corral.ChatRequest, got {type(request).__name__}; build one with "
-            f"corral.ChatRequest(...) or corral.ChatRequest.from_openai(body)"
+            f"expected a corral.ChatRequest or corral.EmbeddingRequest, got "
+            f"{type(request).__name__}; build one with corral.ChatRequest(...) or "
+            f"corral.ChatRequest.from_openai(body)"
         )

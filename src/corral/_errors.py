@@ -2,8 +2,8 @@
 
 Per-request failures inside :meth:`corral.Client.run` and :meth:`corral.Client.stream` are
 *values* (:class:`corral.Failure`), never exceptions. :meth:`corral.Client.complete` raises the
-:class:`RequestFailed` subclass that matches the failure's :class:`corral.ErrorKind`, so a caller can
-catch exactly what it can handle.
+:class:`RequestFailed` subclass that matches the failure's :class:`corral.ErrorKind`, so a
+caller can catch exactly what it can handle.
 
 The tree::
 

@@ -13,10 +13,13 @@ from typing import Any, Literal, TypeAlias
 import attrs
 
 __all__ = [
+    "AnyRequest",
     "BatchResult",
     "BatchStatistics",
     "ChatRequest",
     "Completion",
+    "EmbeddingRequest",
+    "EmbeddingResult",
     "ErrorInfo",
     "ErrorKind",
     "Failure",
@@ -84,9 +87,7 @@ class Message:
     @role.validator
     def _check_role(self, attribute: attrs.Attribute[str], value: str) -> None:
         if value not in ROLES:
-            raise ValueError(
-                f"Message.role must be one of {sorted(ROLES)}, got {value!r}"
-            )
+            raise ValueError(f"Message.role must be one of {sorted(ROLES)}, got {value!r}")
 
     @content.validator
     def _check_content(self, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -101,9 +102,7 @@ class Message:
         """Return the message's text, joining the text parts of a multi-part content."""
         if isinstance(self.content, str):
             return self.content
-        return "".join(
-            str(p.get("text", "")) for p in self.content if isinstance(p, Mapping)
-        )
+        return "".join(str(p.get("text", "")) for p in self.content if isinstance(p, Mapping))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Message:
@@ -141,9 +140,23 @@ def _check_id(inst: object, attribute: attrs.Attribute[Any], value: Any) -> None
         raise ValueError(f"id must be a non-empty string, got {value!r}")
 
 
+def _to_stop(value: str | Iterable[str] | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
 # Body fields that ChatRequest models itself; every other OpenAI field goes to ``extra``.
-_OPENAI_MODELLED = ("model", "messages", "max_tokens", "max_completion_tokens", "temperature",
-                    "top_p", "stop", "stream")
+_OPENAI_MODELLED = (
+    "model",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "stream",
+)
 
 
 @attrs.frozen
@@ -167,11 +180,7 @@ class ChatRequest:
     max_tokens: int | None = attrs.field(default=None, validator=_check_max_tokens, kw_only=True)
     temperature: float | None = attrs.field(default=None, kw_only=True)
     top_p: float | None = attrs.field(default=None, kw_only=True)
-    stop: tuple[str, ...] | None = attrs.field(
-        default=None,
-        converter=attrs.converters.optional(lambda v: (v,) if isinstance(v, str) else tuple(v)),
-        kw_only=True,
-    )
+    stop: tuple[str, ...] | None = attrs.field(default=None, converter=_to_stop, kw_only=True)
     id: str = attrs.field(factory=_new_id, validator=_check_id, kw_only=True)
     extra: dict[str, Any] = attrs.field(factory=dict, kw_only=True)
 
@@ -222,6 +231,92 @@ class ChatRequest:
     def prompt_text(self) -> str:
         """Return the text of every message, joined; used for token estimates."""
         return "\n".join(m.text for m in self.messages)
+
+
+def _to_input(value: str | Iterable[str]) -> str | tuple[str, ...]:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes | Mapping):
+        raise TypeError("input must be a string or a sequence of strings")
+    return tuple(value)
+
+
+def _check_dimensions(inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"dimensions must be a positive integer, got {value!r}")
+
+
+@attrs.frozen
+class EmbeddingRequest:
+    """A request for embedding vectors, independent of the provider it is sent to.
+
+    Args:
+        model: The provider's embedding model name.
+        input: One text, or a sequence of texts; the result has one vector per text.
+        dimensions: The vector size to ask for, for models that can shorten their vectors.
+        id: Your identifier for the request; every result carries it. Generated when not given.
+        extra: Provider-specific body fields, passed through untouched (Gemini: merged into each
+            ``embedContent`` request, for example ``taskType``).
+    """
+
+    model: str = attrs.field()
+    input: str | tuple[str, ...] = attrs.field(converter=_to_input)
+    dimensions: int | None = attrs.field(default=None, validator=_check_dimensions, kw_only=True)
+    id: str = attrs.field(factory=_new_id, validator=_check_id, kw_only=True)
+    extra: dict[str, Any] = attrs.field(factory=dict, kw_only=True)
+
+    @model.validator
+    def _check_model(self, attribute: attrs.Attribute[str], value: str) -> None:
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"model must be a non-empty string, got {value!r}")
+
+    @input.validator
+    def _check_input(self, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if isinstance(value, str):
+            return
+        if not value:
+            raise ValueError("input must not be an empty sequence")
+        for text in value:
+            if not isinstance(text, str):
+                raise TypeError(f"every input must be a string, got {type(text).__name__}")
+
+    @property
+    def texts(self) -> list[str]:
+        """Return the input as a list of texts, one per expected vector."""
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+    @classmethod
+    def from_openai(cls, body: Mapping[str, Any], *, id: str | None = None) -> EmbeddingRequest:
+        """Build a request from an OpenAI ``/embeddings`` body.
+
+        Fields other than ``model``, ``input`` and ``dimensions`` are kept in ``extra``.
+
+        Args:
+            body: The JSON body, as a mapping.
+            id: The request's id; generated when not given.
+        """
+        if not isinstance(body, Mapping):
+            raise TypeError(f"body must be a JSON object, got {type(body).__name__}")
+        if "model" not in body:
+            raise ValueError("body has no 'model'")
+        if "input" not in body:
+            raise ValueError("body has no 'input'")
+        extra = {k: v for k, v in body.items() if k not in ("model", "input", "dimensions")}
+        kwargs: dict[str, Any] = {}
+        if id is not None:
+            kwargs["id"] = id
+        return cls(
+            body["model"],
+            body["input"],
+            dimensions=body.get("dimensions"),
+            extra=extra,
+            **kwargs,
+        )
+
+
+AnyRequest: TypeAlias = ChatRequest | EmbeddingRequest
 
 
 @attrs.frozen
@@ -283,6 +378,10 @@ class ErrorInfo:
     provider_code: str | None = None
 
 
+def _to_floats(value: Iterable[float]) -> tuple[float, ...]:
+    return tuple(value)
+
+
 @attrs.frozen
 class Completion:
     """A successful chat completion.
@@ -297,8 +396,11 @@ class Completion:
         cost_usd: The cost in US dollars, or None when the model's price is unknown.
         latency_s: Seconds from the first attempt's start to the final answer.
         attempts: HTTP attempts made, retries included.
-        raw: The provider's JSON response.
-        ttft_s: Seconds to the first token, for streamed requests.
+        raw: The provider's JSON response. For a streamed request, the response that the
+            stream's events add up to, in the shape of the provider's non-streamed answer.
+        ttft_s: Seconds from the request's start (the same origin as ``latency_s``) to the
+            first text delta, for streamed requests; None otherwise or when no text came.
+        inter_token_gaps_s: Seconds between consecutive text deltas, for streamed requests.
     """
 
     id: str
@@ -311,10 +413,59 @@ class Completion:
     attempts: int = 1
     raw: dict[str, Any] = attrs.field(factory=dict, repr=False)
     ttft_s: float | None = None
+    inter_token_gaps_s: tuple[float, ...] = attrs.field(
+        default=(), converter=_to_floats, repr=lambda g: f"<{len(g)} gaps>"
+    )
 
     @property
     def ok(self) -> Literal[True]:
-        """Always True: this result is a success."""
+        """Always True, since this result is a success."""
+        return True
+
+    @property
+    def time_per_output_token_s(self) -> float | None:
+        """Seconds per output token after the first, as vLLM's serving benchmark counts it.
+
+        ``(latency_s - ttft_s) / (output_tokens - 1)``; None for requests that were not
+        streamed or produced fewer than two tokens.
+        """
+        if self.ttft_s is None or self.usage.output_tokens < 2:
+            return None
+        return max(self.latency_s - self.ttft_s, 0.0) / (self.usage.output_tokens - 1)
+
+
+def _vectors_repr(vectors: list[list[float]]) -> str:
+    width = len(vectors[0]) if vectors else 0
+    return f"<{len(vectors)} x {width}>"
+
+
+@attrs.frozen
+class EmbeddingResult:
+    """The vectors of a successful embedding request.
+
+    Args:
+        id: The request's id.
+        model: The model that answered, as the provider names it.
+        vectors: One vector per input text, in input order.
+        usage: Normalised token counts (``input_tokens`` only; 0 when the API reports none).
+        cost_usd: The cost in US dollars, or None when the model's price is unknown.
+        latency_s: Seconds from the first attempt's start to the final answer.
+        attempts: HTTP attempts made, retries included.
+        raw: The provider's JSON response.
+    """
+
+    id: str
+    model: str
+    vectors: list[list[float]] = attrs.field(repr=_vectors_repr)
+    usage: Usage = attrs.field(factory=Usage)
+    cost_usd: float | None = None
+    latency_s: float = 0.0
+    attempts: int = 1
+    raw: dict[str, Any] = attrs.field(factory=dict, repr=False)
+
+    @property
+    def ok(self) -> Literal[True]:
+        """Always True, since this result is a success."""
         return True
 
 
@@ -336,11 +487,11 @@ class Failure:
 
     @property
     def ok(self) -> Literal[False]:
-        """Always False: this result is a failure."""
+        """Always False, since this result is a failure."""
         return False
 
 
-Result: TypeAlias = Completion | Failure
+Result: TypeAlias = Completion | EmbeddingResult | Failure
 
 
 @attrs.frozen
@@ -349,20 +500,24 @@ class BatchStatistics:
 
     Args:
         total: Results counted.
-        succeeded: Completions.
+        succeeded: Successes (completions and embedding results).
         failed: Failures.
         failures_by_kind: Failure counts keyed by :class:`ErrorKind` value.
         attempts: HTTP attempts in all.
         retries: Attempts beyond the first of each request.
-        usage: Summed token usage of the completions.
+        usage: Summed token usage of the successes.
         cost_usd: Summed known cost.
-        unpriced: Completions whose cost is unknown (not counted in ``cost_usd``).
-        latency_p50_s: Median latency of completions.
+        unpriced: Successes whose cost is unknown (not counted in ``cost_usd``).
+        latency_p50_s: Median latency of successes.
         latency_p90_s: 90th percentile latency.
         latency_p99_s: 99th percentile latency.
         ttft_p50_s: Median time to first token of streamed completions.
         ttft_p90_s: 90th percentile time to first token.
         ttft_p99_s: 99th percentile time to first token.
+        tpot_p50_s: Median time per output token after the first, of streamed completions
+            (see :attr:`Completion.time_per_output_token_s`).
+        tpot_p90_s: 90th percentile time per output token.
+        tpot_p99_s: 99th percentile time per output token.
         wall_time_s: Seconds from the first admission to the last result.
         throughput_rps: Results per second of wall time.
     """
@@ -382,6 +537,9 @@ class BatchStatistics:
     ttft_p50_s: float | None = None
     ttft_p90_s: float | None = None
     ttft_p99_s: float | None = None
+    tpot_p50_s: float | None = None
+    tpot_p90_s: float | None = None
+    tpot_p99_s: float | None = None
     wall_time_s: float = 0.0
     throughput_rps: float = 0.0
 
@@ -407,6 +565,11 @@ class BatchResult:
     def completions(self) -> list[Completion]:
         """Return the successes, in input order."""
         return [r for r in self.results if isinstance(r, Completion)]
+
+    @property
+    def embeddings(self) -> list[EmbeddingResult]:
+        """Return the embedding results, in input order."""
+        return [r for r in self.results if isinstance(r, EmbeddingResult)]
 
     @property
     def failures(self) -> list[Failure]:
@@ -455,8 +618,8 @@ class StatisticsCollector:
     __slots__ = (
         "_attempts",
         "_by_kind",
-        "_cached",
         "_cache_write",
+        "_cached",
         "_cost",
         "_failed",
         "_input",
@@ -466,6 +629,7 @@ class StatisticsCollector:
         "_retries",
         "_started",
         "_succeeded",
+        "_tpots",
         "_ttfts",
         "_unpriced",
     )
@@ -482,6 +646,7 @@ class StatisticsCollector:
         self._unpriced = 0
         self._latencies = array("d")
         self._ttfts = array("d")
+        self._tpots = array("d")
 
     def __repr__(self) -> str:
         return (
@@ -493,12 +658,12 @@ class StatisticsCollector:
         """Count one result.
 
         Args:
-            result: A completion or a failure.
+            result: A completion, an embedding result or a failure.
         """
         self._attempts += result.attempts
         if result.attempts > 1:
             self._retries += result.attempts - 1
-        if isinstance(result, Completion):
+        if not isinstance(result, Failure):
             self._succeeded += 1
             u = result.usage
             self._input += u.input_tokens
@@ -511,8 +676,11 @@ class StatisticsCollector:
             else:
                 self._cost += result.cost_usd
             self._latencies.append(result.latency_s)
-            if result.ttft_s is not None:
+            if isinstance(result, Completion) and result.ttft_s is not None:
                 self._ttfts.append(result.ttft_s)
+                tpot = result.time_per_output_token_s
+                if tpot is not None:
+                    self._tpots.append(tpot)
         else:
             self._failed += 1
             kind = result.error.kind.value
@@ -526,6 +694,7 @@ class StatisticsCollector:
         """
         lat = sorted(self._latencies)
         ttft = sorted(self._ttfts)
+        tpot = sorted(self._tpots)
         total = self._succeeded + self._failed
         wall = max(now - self._started, 0.0)
         return BatchStatistics(
@@ -535,8 +704,9 @@ class StatisticsCollector:
             failures_by_kind=dict(sorted(self._by_kind.items())),
             attempts=self._attempts,
             retries=self._retries,
-            usage=Usage(self._input, self._output, self._cached, self._cache_write,
-                        self._reasoning),
+            usage=Usage(
+                self._input, self._output, self._cached, self._cache_write, self._reasoning
+            ),
             cost_usd=self._cost,
             unpriced=self._unpriced,
             latency_p50_s=percentile(lat, 50),
@@ -545,6 +715,9 @@ class StatisticsCollector:
             ttft_p50_s=percentile(ttft, 50),
             ttft_p90_s=percentile(ttft, 90),
             ttft_p99_s=percentile(ttft, 99),
+            tpot_p50_s=percentile(tpot, 50),
+            tpot_p90_s=percentile(tpot, 90),
+            tpot_p99_s=percentile(tpot, 99),
             wall_time_s=wall,
             throughput_rps=total / wall if wall > 0 else 0.0,
         )

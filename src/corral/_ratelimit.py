@@ -46,17 +46,10 @@ import attrs
 from ._errors import ConfigurationError
 
 __all__ = [
-    "LIMIT_NAMES",
     "LimitInfo",
-    "Permit",
     "RateLimit",
     "RateLimitHeaders",
-    "RateLimiter",
     "RateLimiterStatistics",
-    "default_token_counter",
-    "is_quota_exhausted",
-    "parse_duration",
-    "parse_rate_limit_headers",
 ]
 
 #: The limits corral paces, in the order they are reported.

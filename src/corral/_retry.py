@@ -18,12 +18,7 @@ import httpx2
 from ._errors import ConfigurationError
 from ._models import ErrorInfo, ErrorKind
 
-__all__ = [
-    "RetryPolicy",
-    "classify_exception",
-    "classify_status",
-    "parse_retry_after",
-]
+__all__ = ["RetryPolicy"]
 
 
 def _positive(inst: object, attribute: attrs.Attribute[float], value: float | None) -> None:
@@ -132,9 +127,7 @@ def classify_exception(exc: BaseException) -> ErrorInfo:
     raise TypeError(f"not a transport exception: {exc!r}") from exc
 
 
-def parse_retry_after(
-    headers: Mapping[str, str], *, now: datetime | None = None
-) -> float | None:
+def parse_retry_after(headers: Mapping[str, str], *, now: datetime | None = None) -> float | None:
     """Return the server's requested wait in seconds, or None when it gave no usable hint.
 
     Reads ``retry-after-ms`` (OpenAI, milliseconds) first, then ``Retry-After`` as seconds or as

@@ -3,6 +3,10 @@
 An adapter is pure: it turns a :class:`corral.ChatRequest` into an :class:`httpx2.Request` and an
 :class:`httpx2.Response` into a :class:`corral.Completion` or an :class:`corral.ErrorInfo`. It does
 no I/O; the client sends what it builds.
+
+The core protocol is :class:`Provider`. Streaming, embeddings and rate-limit headers are optional
+capabilities, each its own protocol (:class:`StreamingProvider`, :class:`EmbeddingProvider`,
+:class:`RateLimitReader`), so that a third-party adapter implements only what its API has.
 """
 
 from __future__ import annotations
@@ -10,24 +14,60 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 from collections.abc import Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 import httpx2
 
 from .._errors import ConfigurationError
-from .._models import ChatRequest, Completion, ErrorInfo
+from .._models import (
+    ChatRequest,
+    Completion,
+    EmbeddingRequest,
+    EmbeddingResult,
+    ErrorInfo,
+)
+from .._ratelimit import RateLimitHeaders
 from .._retry import classify_status, parse_retry_after, should_retry_override
 from .._secret import Secret
 
-__all__ = ["InvalidResponse", "Provider"]
+__all__ = [
+    "EmbeddingProvider",
+    "InvalidResponse",
+    "Provider",
+    "ProviderError",
+    "RateLimitReader",
+    "StreamParser",
+    "StreamingProvider",
+]
 
 
 class InvalidResponse(Exception):
     """Raised by an adapter when a response cannot be understood.
 
-    The client turns it into a failure of kind ``invalid_response``.
+    The client turns it into a failure of kind ``invalid_response``. A stream parser raises it
+    when a stream ended before its final event.
     """
+
+
+class ProviderError(Exception):
+    """Raised by an adapter when a successful (2xx) answer reports a failure.
+
+    Examples: an ``error`` event in the middle of a stream, or a prompt that Gemini blocked
+    (``promptFeedback.blockReason``) with a 200. The client treats it like an error response
+    described by :meth:`Provider.classify_error`.
+
+    Args:
+        info: The failure, normalised.
+    """
+
+    def __init__(self, info: ErrorInfo) -> None:
+        super().__init__(info.message)
+        self.info = info
+
+    def __repr__(self) -> str:
+        return f"ProviderError({self.info!r})"
 
 
 @runtime_checkable
@@ -74,7 +114,177 @@ class Provider(Protocol):
         ...
 
 
-def resolve_key(api_key: str | Secret | None, env_var: str, base_url: str, provider: str) -> Secret:
+@runtime_checkable
+class StreamParser(Protocol):
+    """Turn one streamed response's server-sent events into text deltas and a completion.
+
+    A parser is created per attempt by :meth:`StreamingProvider.stream_parser` and is fed every
+    event in order. It is pure and keeps only the state the final :class:`corral.Completion`
+    needs.
+    """
+
+    @property
+    def done(self) -> bool:
+        """Whether the stream's final event arrived (OpenAI ``[DONE]``, Anthropic
+        ``message_stop``, a Gemini chunk with a ``finishReason``)."""
+        ...
+
+    def feed(self, event: httpx2.ServerSentEvent) -> str:
+        """Take the next event; return its text delta, or ``""`` when it carries no text.
+
+        Raises :class:`ProviderError` for an error event and :class:`InvalidResponse` for an
+        event that cannot be parsed.
+
+        Args:
+            event: The event, as httpx2's SSE reader decoded it.
+        """
+        ...
+
+    def result(self) -> Completion:
+        """Return the completion the events add up to.
+
+        Raises :class:`InvalidResponse` when the final event never came: a truncated stream is
+        never a success.
+        """
+        ...
+
+
+@runtime_checkable
+class StreamingProvider(Provider, Protocol):
+    """A provider whose API streams completions as server-sent events."""
+
+    def build_stream_request(self, request: ChatRequest) -> httpx2.Request:
+        """Build the HTTP request that asks for *request* as a stream, with credentials.
+
+        Args:
+            request: The provider-independent request.
+        """
+        ...
+
+    def stream_parser(self, request: ChatRequest) -> StreamParser:
+        """Return a fresh parser for one streamed attempt of *request*.
+
+        Args:
+            request: The request that was sent.
+        """
+        ...
+
+
+@runtime_checkable
+class EmbeddingProvider(Provider, Protocol):
+    """A provider whose API computes embeddings."""
+
+    def build_embedding_request(self, request: EmbeddingRequest) -> httpx2.Request:
+        """Build the HTTP request for *request*, with credentials.
+
+        Args:
+            request: The provider-independent embedding request.
+        """
+        ...
+
+    def parse_embedding_response(
+        self, request: EmbeddingRequest, response: httpx2.Response
+    ) -> EmbeddingResult:
+        """Parse a successful (2xx), fully read embedding response.
+
+        Args:
+            request: The request that was sent.
+            response: The read response.
+        """
+        ...
+
+
+@runtime_checkable
+class RateLimitReader(Protocol):
+    """A provider that reads its API's rate-limit headers."""
+
+    def rate_limits(self, response: httpx2.Response) -> RateLimitHeaders:
+        """Return the limits *response*'s headers report (empty when it reports none).
+
+        Args:
+            response: Any response, success or error.
+        """
+        ...
+
+
+def check_base_url(url: str, provider: str) -> str:
+    """Return *url* without its trailing slash, or raise when it is not an http(s) URL.
+
+    The message never repeats the value: a key passed by mistake in its place must not leak.
+
+    Args:
+        url: The base URL given by the user.
+        provider: The provider's display name, for the error message.
+    """
+    if not isinstance(url, str):
+        raise ConfigurationError(f"{provider} base_url must be a string")
+    parsed = httpx2.URL(url)
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ConfigurationError(
+            f"{provider} base_url must be an absolute http:// or https:// URL "
+            f"(pass the key as api_key=...)"
+        )
+    if parsed.query or parsed.userinfo:
+        # Credentials belong in headers; a key in a URL ends up in logs and proxies.
+        raise ConfigurationError(
+            f"{provider} base_url must not carry a query string or user info; "
+            f"pass the key as api_key=..."
+        )
+    return url.rstrip("/")
+
+
+def base_headers(user_agent: str, extra: Mapping[str, str] | None) -> dict[str, str]:
+    """Return the headers every request of an adapter carries, lower-cased.
+
+    Args:
+        user_agent: The ``user-agent`` value.
+        extra: The user's extra headers, which win.
+    """
+    headers = {
+        "content-type": "application/json",
+        "accept": "application/json",
+        "user-agent": user_agent,
+    }
+    headers.update({k.lower(): v for k, v in (extra or {}).items()})
+    return headers
+
+
+def add_request_id(headers: dict[str, str], request_id: str) -> None:
+    """Send the request's id as ``x-client-request-id`` when it is a short ASCII string.
+
+    OpenAI echoes it in its logs; the mock server counts hits per id with it.
+
+    Args:
+        headers: The outgoing headers, changed in place.
+        request_id: The corral request id.
+    """
+    if request_id.isascii() and request_id.isprintable() and len(request_id) <= 512:
+        headers["x-client-request-id"] = request_id
+
+
+_DATA_URL: Final = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+);base64,(?P<data>.*)$", re.DOTALL)
+
+
+def split_data_url(url: str) -> tuple[str, str] | None:
+    """Return ``(mime_type, base64_data)`` for a base64 ``data:`` URL, else None.
+
+    Args:
+        url: An image URL from an OpenAI ``image_url`` content part.
+    """
+    match = _DATA_URL.match(url)
+    if match is None:
+        return None
+    return match.group("mime"), match.group("data")
+
+
+def resolve_key(
+    api_key: str | Secret | None,
+    env_var: str,
+    base_url: str,
+    provider: str,
+    *,
+    fallback_env: tuple[str, ...] = (),
+) -> Secret:
     """Return the API key as a :class:`Secret`, from the argument or the environment.
 
     A missing key is an error except for loopback servers (local inference servers and the mock
@@ -85,11 +295,15 @@ def resolve_key(api_key: str | Secret | None, env_var: str, base_url: str, provi
         env_var: The environment variable to read when no key was passed.
         base_url: The API's base URL.
         provider: The provider's display name, for the error message.
+        fallback_env: More variables to try, in order, after *env_var*.
     """
     if isinstance(api_key, Secret):
         return api_key
     if api_key is None:
-        api_key = os.environ.get(env_var)
+        for name in (env_var, *fallback_env):
+            api_key = os.environ.get(name)
+            if api_key:
+                break
     if api_key:
         return Secret(api_key)
     if is_loopback(base_url):
@@ -133,9 +347,7 @@ def decode_json(response: httpx2.Response) -> Any:
         return json.loads(response.content)
     except (ValueError, UnicodeDecodeError) as exc:
         snippet = response.content[:120].decode("utf-8", "replace")
-        raise InvalidResponse(
-            f"HTTP {response.status_code} body is not JSON: {snippet!r}"
-        ) from exc
+        raise InvalidResponse(f"HTTP {response.status_code} body is not JSON: {snippet!r}") from exc
 
 
 def error_info(

@@ -1,15 +1,39 @@
-"""The OpenAI-compatible chat completions adapter (OpenAI, DeepSeek, vLLM, SGLang, ...)."""
+"""The OpenAI-compatible adapter (OpenAI, DeepSeek, vLLM, SGLang...): chat, streams, embeddings."""
 
 from __future__ import annotations
 
+import base64
+import json
+import sys
+from array import array
 from typing import Any, Final
 
 import httpx2
 
 from .. import __version__
-from .._models import ChatRequest, Completion, ErrorInfo, ErrorKind, Usage
+from .._models import (
+    ChatRequest,
+    Completion,
+    EmbeddingRequest,
+    EmbeddingResult,
+    ErrorInfo,
+    ErrorKind,
+    Usage,
+)
+from .._ratelimit import RateLimitHeaders, parse_rate_limit_headers
 from .._secret import Secret
-from ._base import InvalidResponse, decode_json, encode_json, error_info, resolve_key
+from ._base import (
+    InvalidResponse,
+    ProviderError,
+    StreamParser,
+    add_request_id,
+    base_headers,
+    check_base_url,
+    decode_json,
+    encode_json,
+    error_info,
+    resolve_key,
+)
 
 __all__ = ["OpenAI"]
 
@@ -18,9 +42,25 @@ DEFAULT_BASE_URL: Final = "https://api.openai.com/v1"
 _CONTEXT_CODES: Final = frozenset({"context_length_exceeded", "string_above_max_length"})
 _FILTER_CODES: Final = frozenset({"content_filter", "content_policy_violation"})
 
+# Error ``type``/``code`` values that can arrive inside a stream, where there is no status.
+_STREAM_ERROR_KINDS: Final[dict[str, tuple[ErrorKind, bool]]] = {
+    "invalid_request_error": (ErrorKind.BAD_REQUEST, False),
+    "authentication_error": (ErrorKind.AUTHENTICATION, False),
+    "permission_error": (ErrorKind.PERMISSION, False),
+    "not_found_error": (ErrorKind.NOT_FOUND, False),
+    "rate_limit_exceeded": (ErrorKind.RATE_LIMITED, True),
+    "rate_limit_error": (ErrorKind.RATE_LIMITED, True),
+    "insufficient_quota": (ErrorKind.QUOTA_EXHAUSTED, False),
+    "overloaded": (ErrorKind.OVERLOADED, True),
+    "overloaded_error": (ErrorKind.OVERLOADED, True),
+}
+
 
 class OpenAI:
-    """Speak the OpenAI ``/chat/completions`` API, or any server compatible with it.
+    """Speak the OpenAI ``/chat/completions`` and ``/embeddings`` APIs, or a compatible server.
+
+    Streams ask for ``stream_options.include_usage`` so that a streamed completion reports its
+    usage like a non-streamed one; an ``extra`` that sets ``stream_options`` itself wins.
 
     Args:
         base_url: The API root, up to and including the version (``.../v1``).
@@ -31,7 +71,7 @@ class OpenAI:
         headers: Extra headers for every request (never put secrets here: use *api_key*).
     """
 
-    __slots__ = ("_api_key", "_base_url", "_chat_url", "_static_headers")
+    __slots__ = ("_api_key", "_base_url", "_chat_url", "_embeddings_url", "_static_headers")
 
     name = "openai"
 
@@ -45,14 +85,11 @@ class OpenAI:
         project: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        self._base_url = base_url.rstrip("/")
+        self._base_url = check_base_url(base_url, "OpenAI")
         self._api_key = resolve_key(api_key, api_key_env, self._base_url, "OpenAI")
         self._chat_url = httpx2.URL(self._base_url + "/chat/completions")
-        static = {
-            "content-type": "application/json",
-            "accept": "application/json",
-            "user-agent": f"corral/{__version__}",
-        }
+        self._embeddings_url = httpx2.URL(self._base_url + "/embeddings")
+        static = base_headers(f"corral/{__version__}", None)
         if organization:
             static["openai-organization"] = organization
         if project:
@@ -68,6 +105,8 @@ class OpenAI:
         """The API root this adapter talks to."""
         return self._base_url
 
+    # -- chat -----------------------------------------------------------------------------
+
     def body(self, request: ChatRequest) -> dict[str, Any]:
         """Return the JSON body for *request*.
 
@@ -76,7 +115,11 @@ class OpenAI:
         """
         messages = []
         for m in request.messages:
-            msg: dict[str, Any] = {"role": m.role, "content": m.content}
+            content: Any = m.content
+            if content == "" and m.extra.get("tool_calls"):
+                # An assistant turn that only calls tools has null content in OpenAI's shape.
+                content = None
+            msg: dict[str, Any] = {"role": m.role, "content": content}
             if m.name is not None:
                 msg["name"] = m.name
             if m.extra:
@@ -95,22 +138,39 @@ class OpenAI:
             body.update(request.extra)
         return body
 
+    def _headers(self, request_id: str) -> dict[str, str]:
+        headers = dict(self._static_headers)
+        key = self._api_key.reveal()
+        if key:
+            headers["authorization"] = f"Bearer {key}"
+        add_request_id(headers, request_id)
+        return headers
+
     def build_request(self, request: ChatRequest) -> httpx2.Request:
         """Build the POST to ``/chat/completions`` for *request*.
 
         Args:
             request: The request.
         """
-        headers = dict(self._static_headers)
-        key = self._api_key.reveal()
-        if key:
-            headers["authorization"] = f"Bearer {key}"
-        if request.id.isascii() and len(request.id) <= 512:
-            # OpenAI echoes this id in its logs; the mock server uses it to count hits per id.
-            headers["x-client-request-id"] = request.id
+        body = self.body(request)
+        body.pop("stream", None)
+        body.pop("stream_options", None)
         return httpx2.Request(
-            "POST", self._chat_url, headers=headers, content=encode_json(self.body(request))
+            "POST", self._chat_url, headers=self._headers(request.id), content=encode_json(body)
         )
+
+    def build_stream_request(self, request: ChatRequest) -> httpx2.Request:
+        """Build the streaming POST to ``/chat/completions`` for *request*.
+
+        Args:
+            request: The request.
+        """
+        body = self.body(request)
+        body["stream"] = True
+        body.setdefault("stream_options", {"include_usage": True})
+        headers = self._headers(request.id)
+        headers["accept"] = "text/event-stream"
+        return httpx2.Request("POST", self._chat_url, headers=headers, content=encode_json(body))
 
     def parse_response(self, request: ChatRequest, response: httpx2.Response) -> Completion:
         """Parse a chat completion.
@@ -120,6 +180,8 @@ class OpenAI:
             response: The read 2xx response.
         """
         data = decode_json(response)
+        if isinstance(data, dict) and isinstance(data.get("error"), dict | str):
+            raise ProviderError(_stream_error(data["error"]))
         try:
             choice = data["choices"][0]
             message = choice.get("message") or {}
@@ -139,6 +201,14 @@ class OpenAI:
             )
         except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
             raise InvalidResponse(f"not a chat completion: {exc!r}") from exc
+
+    def stream_parser(self, request: ChatRequest) -> StreamParser:
+        """Return a parser for one streamed attempt of *request*.
+
+        Args:
+            request: The request that was sent.
+        """
+        return OpenAIStreamParser(request)
 
     def classify_error(self, response: httpx2.Response) -> ErrorInfo:
         """Describe an OpenAI error response.
@@ -172,14 +242,225 @@ class OpenAI:
         if kind is ErrorKind.QUOTA_EXHAUSTED:
             # More attempts cannot help until the account is topped up.
             info = ErrorInfo(
-                info.kind, info.message, info.status_code, False, info.retry_after_s,
+                info.kind,
+                info.message,
+                info.status_code,
+                False,
+                info.retry_after_s,
                 info.provider_code,
             )
         return info
 
+    # -- embeddings -----------------------------------------------------------------------
+
+    def build_embedding_request(self, request: EmbeddingRequest) -> httpx2.Request:
+        """Build the POST to ``/embeddings`` for *request*.
+
+        Vectors are asked for as floats unless ``extra`` sets ``encoding_format`` (base64
+        answers are decoded too).
+
+        Args:
+            request: The embedding request.
+        """
+        body: dict[str, Any] = {
+            "model": request.model,
+            "input": request.input if isinstance(request.input, str) else list(request.input),
+            "encoding_format": "float",
+        }
+        if request.dimensions is not None:
+            body["dimensions"] = request.dimensions
+        body.update(request.extra)
+        return httpx2.Request(
+            "POST",
+            self._embeddings_url,
+            headers=self._headers(request.id),
+            content=encode_json(body),
+        )
+
+    def parse_embedding_response(
+        self, request: EmbeddingRequest, response: httpx2.Response
+    ) -> EmbeddingResult:
+        """Parse an ``/embeddings`` answer into one vector per input, in input order.
+
+        Args:
+            request: The request that was sent.
+            response: The read 2xx response.
+        """
+        data = decode_json(response)
+        try:
+            items = sorted(data["data"], key=lambda item: int(item.get("index", 0)))
+            vectors = [_vector(item["embedding"]) for item in items]
+            raw_usage = data.get("usage") or {}
+            usage = Usage(input_tokens=int(raw_usage.get("prompt_tokens") or 0))
+            model = str(data.get("model") or request.model)
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise InvalidResponse(f"not an embeddings response: {exc!r}") from exc
+        if len(vectors) != len(request.texts):
+            raise InvalidResponse(
+                f"asked for {len(request.texts)} embedding(s), got {len(vectors)}"
+            )
+        return EmbeddingResult(request.id, model, vectors, usage, raw=data)
+
+    # -- rate limits ----------------------------------------------------------------------
+
+    def rate_limits(self, response: httpx2.Response) -> RateLimitHeaders:
+        """Read ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``.
+
+        Args:
+            response: Any response.
+        """
+        return parse_rate_limit_headers(response.headers)
+
+
+class OpenAIStreamParser:
+    """Assemble an OpenAI ``chat.completion.chunk`` stream; the final event is ``[DONE]``."""
+
+    __slots__ = ("_done", "_finish", "_meta", "_parts", "_request", "_tool_calls", "_usage")
+
+    def __init__(self, request: ChatRequest) -> None:
+        self._request = request
+        self._parts: list[str] = []
+        self._finish: str | None = None
+        self._usage: dict[str, Any] | None = None
+        self._meta: dict[str, Any] = {}
+        self._tool_calls: dict[int, dict[str, Any]] = {}
+        self._done = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<OpenAIStreamParser {self._request.id!r} deltas={len(self._parts)} done={self._done}>"
+        )
+
+    @property
+    def done(self) -> bool:
+        """Whether ``data: [DONE]`` arrived."""
+        return self._done
+
+    def feed(self, event: httpx2.ServerSentEvent) -> str:
+        """Take one chunk; return its text.
+
+        Args:
+            event: The next event.
+        """
+        data = event.data
+        if data.strip() == "[DONE]":
+            self._done = True
+            return ""
+        if not data.strip():
+            return ""
+        try:
+            chunk = json.loads(data)
+        except ValueError as exc:
+            raise InvalidResponse(f"stream chunk is not JSON: {data[:120]!r}") from exc
+        if not isinstance(chunk, dict):
+            raise InvalidResponse("stream chunk is not a JSON object")
+        if "error" in chunk:
+            raise ProviderError(_stream_error(chunk["error"]))
+        for key in ("id", "created", "model", "system_fingerprint"):
+            if chunk.get(key) is not None:
+                self._meta[key] = chunk[key]
+        if chunk.get("usage"):
+            self._usage = chunk["usage"]
+        text = ""
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            content = delta.get("content")
+            if isinstance(content, str):
+                text += content
+            for call in delta.get("tool_calls") or ():
+                self._merge_tool_call(call)
+            if choice.get("finish_reason"):
+                self._finish = choice["finish_reason"]
+        if text:
+            self._parts.append(text)
+        return text
+
+    def _merge_tool_call(self, call: dict[str, Any]) -> None:
+        slot = self._tool_calls.setdefault(
+            int(call.get("index", 0)),
+            {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+        )
+        if call.get("id"):
+            slot["id"] = call["id"]
+        function = call.get("function") or {}
+        if function.get("name"):
+            slot["function"]["name"] += function["name"]
+        if function.get("arguments"):
+            slot["function"]["arguments"] += function["arguments"]
+
+    def result(self) -> Completion:
+        """Return the completion; raise :class:`InvalidResponse` before ``[DONE]``."""
+        if not self._done:
+            raise InvalidResponse("the stream ended before its final event (data: [DONE])")
+        content = "".join(self._parts)
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if self._tool_calls:
+            message["tool_calls"] = [self._tool_calls[i] for i in sorted(self._tool_calls)]
+        model = str(self._meta.get("model") or self._request.model)
+        raw: dict[str, Any] = {
+            "id": self._meta.get("id", ""),
+            "object": "chat.completion",
+            "created": self._meta.get("created", 0),
+            "model": model,
+            "choices": [{"index": 0, "message": message, "finish_reason": self._finish}],
+        }
+        if "system_fingerprint" in self._meta:
+            raw["system_fingerprint"] = self._meta["system_fingerprint"]
+        if self._usage is not None:
+            raw["usage"] = self._usage
+        try:
+            usage = parse_usage(self._usage)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise InvalidResponse(f"bad usage in stream: {exc!r}") from exc
+        return Completion(
+            id=self._request.id,
+            model=model,
+            content=content,
+            finish_reason=self._finish,
+            usage=usage,
+            raw=raw,
+        )
+
+
+def _stream_error(err: Any) -> ErrorInfo:
+    if isinstance(err, str):
+        return ErrorInfo(ErrorKind.SERVER_ERROR, err, retryable=True)
+    if not isinstance(err, dict):
+        return ErrorInfo(ErrorKind.SERVER_ERROR, "error event without details", retryable=True)
+    message = str(err.get("message") or "error event in stream")
+    code = err.get("code") or err.get("type")
+    code = str(code) if code is not None else None
+    if code in _CONTEXT_CODES:
+        return ErrorInfo(ErrorKind.CONTEXT_LENGTH, message, provider_code=code)
+    if code in _FILTER_CODES:
+        return ErrorInfo(ErrorKind.CONTENT_FILTER, message, provider_code=code)
+    for candidate in (err.get("code"), err.get("type")):
+        known = _STREAM_ERROR_KINDS.get(str(candidate))
+        if known is not None:
+            return ErrorInfo(known[0], message, retryable=known[1], provider_code=code)
+    return ErrorInfo(ErrorKind.SERVER_ERROR, message, retryable=True, provider_code=code)
+
+
+def _vector(value: Any) -> list[float]:
+    if isinstance(value, str):
+        # encoding_format=base64: little-endian float32s.
+        floats = array("f")
+        floats.frombytes(base64.b64decode(value, validate=True))
+        if sys.byteorder != "little":
+            floats.byteswap()
+        return floats.tolist()
+    if not isinstance(value, list):
+        raise TypeError("an embedding must be a list of numbers or a base64 string")
+    return [float(x) for x in value]
+
 
 def parse_usage(raw: Any) -> Usage:
     """Normalise an OpenAI ``usage`` object.
+
+    Reads ``prompt_tokens_details.cached_tokens`` and, for DeepSeek, which reports its cache
+    instead as ``prompt_cache_hit_tokens``, that field.
 
     Args:
         raw: The ``usage`` object, or None.
@@ -188,9 +469,12 @@ def parse_usage(raw: Any) -> Usage:
         return Usage()
     prompt_details = raw.get("prompt_tokens_details") or {}
     completion_details = raw.get("completion_tokens_details") or {}
+    cached = prompt_details.get("cached_tokens")
+    if cached is None:
+        cached = raw.get("prompt_cache_hit_tokens")
     return Usage(
         input_tokens=int(raw.get("prompt_tokens") or 0),
         output_tokens=int(raw.get("completion_tokens") or 0),
-        cached_input_tokens=int(prompt_details.get("cached_tokens") or 0),
+        cached_input_tokens=int(cached or 0),
         reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
     )

@@ -43,6 +43,7 @@ __all__ = [
     "RecordedResponse",
     "check_provider",
     "load_cases",
+    "render_events",
 ]
 
 # Query parameters that carry keys in some APIs' documentation (Gemini's ``?key=``): never use.
