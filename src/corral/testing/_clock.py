@@ -12,13 +12,12 @@ from __future__ import annotations
 import asyncio
 import selectors
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
 
 import attrs
 
 if TYPE_CHECKING:
-    from concurrent.futures import Executor
-
     from _typeshed import FileDescriptorLike
 
 _T = TypeVar("_T")
