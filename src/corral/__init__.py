@@ -13,6 +13,8 @@ General layout (everything public is re-exported here, flat):
 - ``_pricing``: :class:`Pricing` and the bundled ``prices.json``.
 - ``_adaptive``: AIMD concurrency for ``max_concurrency="auto"``.
 - ``_streaming``: SSE reading, time to first token, :class:`CompletionStream`.
+- ``_transport`` / ``_transport_pool`` / ``_http11``: :class:`FastTransport`, corral's own
+  HTTP/1.1 transport over anyio streams (httptools or h11 parsing, keep-alive pool).
 - ``_secret``: the masked wrapper API keys live in.
 - ``providers``: one pure adapter per API.
 - ``testing``: the mock server and test helpers (not imported here).
@@ -71,6 +73,7 @@ from ._retry import RetryPolicy
 from ._secret import Secret
 from ._serde import converter, from_json, to_json
 from ._streaming import CompletionStream, StreamStatistics
+from ._transport import FastTransport, OriginStatistics, TransportStatistics
 
 __all__ = [
     "AdaptiveConcurrency",
@@ -103,6 +106,7 @@ __all__ = [
     "ErrorInfo",
     "ErrorKind",
     "Failure",
+    "FastTransport",
     "InvalidInputError",
     "InvalidRequestError",
     "InvalidResponseError",
@@ -111,6 +115,7 @@ __all__ = [
     "Message",
     "ModelPrice",
     "NotFoundError",
+    "OriginStatistics",
     "OverloadedError",
     "PermissionDeniedError",
     "Pricing",
@@ -126,6 +131,7 @@ __all__ = [
     "Secret",
     "ServerError",
     "StreamStatistics",
+    "TransportStatistics",
     "Usage",
     "__version__",
     "converter",

@@ -26,11 +26,12 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from os import PathLike
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import attrs
 
 from ._errors import ConfigurationError
+from ._models import Usage
 
 __all__ = ["CostBreakdown", "LongContextPrice", "ModelPrice", "Pricing"]
 
@@ -38,21 +39,6 @@ _log = logging.getLogger("corral")
 
 _PER: Final = 1_000_000.0
 
-
-class _TokenCounts(Protocol):
-    """What pricing reads from a usage record (`corral.Usage` fits)."""
-
-    @property
-    def input_tokens(self) -> int: ...
-
-    @property
-    def output_tokens(self) -> int: ...
-
-    @property
-    def cached_input_tokens(self) -> int: ...
-
-    @property
-    def cache_write_tokens(self) -> int: ...
 
 
 def _price(inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -370,7 +356,7 @@ class Pricing:
             )
         return price
 
-    def breakdown(self, model: str, usage: _TokenCounts) -> CostBreakdown | None:
+    def breakdown(self, model: str, usage: Usage) -> CostBreakdown | None:
         """Return the cost of one request split by kind of token, or None if unpriced.
 
         Args:
@@ -392,7 +378,7 @@ class Pricing:
             output_usd=max(usage.output_tokens, 0) * rate_out / _PER,
         )
 
-    def cost(self, model: str, usage: _TokenCounts) -> float | None:
+    def cost(self, model: str, usage: Usage) -> float | None:
         """Return the cost of one request in USD, or None if the model has no known price.
 
         Args:

@@ -9,24 +9,45 @@ General layout:
 - ``_serve``: :func:`serve` (any ASGI app on a loopback port, asyncio or trio) and
   :func:`run_mock_server` (the ``corral mock-server`` command).
 - ``_clock``: virtual time on both backends (:func:`virtual_time_backend`).
+- ``_conformance``: :func:`check_provider`, the same assertions for any provider adapter.
 """
 
 from ._clock import VirtualTimeEventLoop, VirtualTimeStatistics, virtual_time_backend
+from ._conformance import (
+    Case,
+    CaseOutcome,
+    ConformanceReport,
+    Expected,
+    RecordedResponse,
+    check_provider,
+    load_cases,
+    render_events,
+)
 from ._mock import MockServer
-from ._mock_config import MockConfig, MockHit, MockStatistics
+from ._mock_config import LatencySpec, MockConfig, MockHit, MockStatistics, RateLimitAlgorithm
 from ._mock_text import count_mock_tokens, mock_answer
 from ._serve import RunningServer, run_mock_server, serve
 
 __all__ = [
+    "Case",
+    "CaseOutcome",
+    "ConformanceReport",
+    "Expected",
+    "LatencySpec",
     "MockConfig",
     "MockHit",
     "MockServer",
     "MockStatistics",
+    "RateLimitAlgorithm",
+    "RecordedResponse",
     "RunningServer",
     "VirtualTimeEventLoop",
     "VirtualTimeStatistics",
+    "check_provider",
     "count_mock_tokens",
+    "load_cases",
     "mock_answer",
+    "render_events",
     "run_mock_server",
     "serve",
     "virtual_time_backend",

@@ -10,11 +10,12 @@ from typing import Literal, NamedTuple, TypeAlias
 
 import attrs
 
-__all__ = ["LatencySpec", "MockConfig", "MockHit", "MockStatistics"]
+__all__ = ["LatencySpec", "MockConfig", "MockHit", "MockStatistics", "RateLimitAlgorithm"]
 
 #: A latency: fixed seconds, a ``(low, high)`` uniform range, or a function of a seeded RNG.
 LatencySpec: TypeAlias = float | tuple[float, float] | Callable[[random.Random], float]
 
+#: How the mock counts rate limits: a continuously refilling bucket, or per-minute windows.
 RateLimitAlgorithm: TypeAlias = Literal["token_bucket", "fixed_window"]
 
 
