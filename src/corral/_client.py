@@ -38,6 +38,7 @@ from ._ratelimit import RateLimit, RateLimiter, RateLimiterStatistics
 from ._retry import RetryPolicy, classify_exception
 from ._runner import LazyInput, admit
 from ._streaming import CompletionStream, EventReader, stream_failure
+from ._transport import FastTransport
 from .providers._base import (
     EmbeddingProvider,
     InvalidResponse,
@@ -184,7 +185,12 @@ class Client:
         adaptive: The bounds and tuning of ``max_concurrency="auto"``;
             ``AdaptiveConcurrency()`` when not given.
         http_client: Your own :class:`httpx2.AsyncClient` (proxies, mTLS, event hooks). corral
-            never closes a client it did not create.
+            never closes a client it did not create, and sends every request through its
+            ``send()``, so its hooks, auth and mounts all apply.
+        transport: Without *http_client*: ``"fast"`` (the default) sends through
+            :class:`corral.FastTransport`, corral's own HTTP/1.1 transport, and skips the
+            general client's per-request work (redirects, cookies, auth flows, URL merging);
+            ``"httpx"`` uses httpx2's stock transport and client, as they come.
     """
 
     __slots__ = (
@@ -195,6 +201,7 @@ class Client:
         "_breakers",
         "_budget",
         "_budget_policy",
+        "_direct",
         "_failed",
         "_http",
         "_in_flight",
@@ -211,6 +218,7 @@ class Client:
         "_started",
         "_succeeded",
         "_timeout_ext",
+        "_transport_choice",
     )
 
     def __init__(
@@ -226,6 +234,7 @@ class Client:
         pricing: Pricing | None = None,
         adaptive: AdaptiveConcurrency | None = None,
         http_client: httpx2.AsyncClient | None = None,
+        transport: Literal["fast", "httpx"] | None = None,
     ) -> None:
         if not isinstance(provider, Provider):
             raise ConfigurationError(
@@ -282,8 +291,18 @@ class Client:
             "write": self._request_timeout,
             "pool": self._request_timeout,
         }
+        if transport not in (None, "fast", "httpx"):
+            raise ConfigurationError(f'transport must be "fast" or "httpx", got {transport!r}')
+        if transport is not None and http_client is not None:
+            raise ConfigurationError(
+                "pass either transport= or http_client=, not both: with your own http_client, "
+                "corral sends through it as it is"
+            )
+        self._transport_choice = transport or "fast"
         self._http = http_client
         self._own_http = http_client is None
+        # Set when corral owns the HTTP stack: attempts then go straight to the transport.
+        self._direct: httpx2.AsyncBaseTransport | None = None
         self._limiter: anyio.CapacityLimiter | None = None
         self._open = False
         self._in_flight = 0
@@ -313,14 +332,22 @@ class Client:
         if self._open:
             raise RuntimeError("this Client is already open")
         if self._own_http:
-            self._http = httpx2.AsyncClient(
-                timeout=self._request_timeout,
-                limits=httpx2.Limits(
-                    max_connections=self._max_concurrency,
-                    max_keepalive_connections=self._max_concurrency,
-                ),
-                follow_redirects=False,
+            limits = httpx2.Limits(
+                max_connections=self._max_concurrency,
+                max_keepalive_connections=self._max_concurrency,
             )
+            if self._transport_choice == "fast":
+                self._direct = FastTransport(max_connections=self._max_concurrency)
+                self._http = httpx2.AsyncClient(
+                    transport=self._direct,
+                    timeout=self._request_timeout,
+                    limits=limits,
+                    follow_redirects=False,
+                )
+            else:
+                self._http = httpx2.AsyncClient(
+                    timeout=self._request_timeout, limits=limits, follow_redirects=False
+                )
         self._limiter = anyio.CapacityLimiter(self._max_concurrency)
         if self._adaptive_policy is not None:
             self._adaptive = AdaptiveLimiter(self._adaptive_policy, self._limiter)
@@ -339,6 +366,7 @@ class Client:
         tb: TracebackType | None,
     ) -> None:
         self._open = False
+        self._direct = None
         if self._own_http and self._http is not None:
             http, self._http = self._http, None
             with anyio.CancelScope(shield=True):
@@ -700,7 +728,9 @@ class Client:
         deadline = start + policy.timeout if policy.timeout is not None else math.inf
         attempts = 0
         last: _AttemptFailed | None = None
-        breaker = self._breakers.get(self._provider.endpoint) if self._breakers else None
+        # `is not None`: an empty registry is falsy (it has a __len__) until its first circuit.
+        breakers = self._breakers
+        breaker = breakers.get(self._provider.endpoint) if breakers is not None else None
         rate = self._rate
         adaptive = self._adaptive
 
@@ -841,12 +871,10 @@ class Client:
         self, http_request: httpx2.Request, parse: Callable[[httpx2.Response], _Success]
     ) -> _Success:
         """Make one HTTP attempt; raise :class:`_AttemptFailed` on any expected failure."""
-        http = self._http
-        assert http is not None
         http_request.extensions["timeout"] = self._timeout_ext
         with anyio.move_on_after(self._request_timeout) as scope:
             try:
-                response = await http.send(http_request)
+                response = await self._send(http_request)
             except (httpx2.HTTPError, OSError) as exc:
                 raise _AttemptFailed(classify_exception(exc)) from exc
         if scope.cancelled_caught:
@@ -863,6 +891,29 @@ class Client:
         if 200 <= status < 300:
             return _parse_success(parse, response)
         raise _AttemptFailed(self._provider.classify_error(response))
+
+    async def _send(self, request: httpx2.Request, *, stream: bool = False) -> httpx2.Response:
+        """Send one request; read its body unless *stream*.
+
+        With corral's own stack the request goes straight to the transport: redirects are
+        never followed for API calls, and cookies, auth flows and URL merging have nothing to do
+        for a request that the adapter built complete.
+        """
+        direct = self._direct
+        if direct is None:
+            http = self._http
+            assert http is not None
+            return await http.send(request, stream=stream)
+        response = await direct.handle_async_request(request)
+        response.request = request
+        if not stream:
+            try:
+                await response.aread()
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await response.aclose()
+                raise
+        return response
 
     async def _streamed_attempt(self, prepared: _Prepared, start: float) -> Completion:
         """Open the stream, then read it to the end; failures after its first delta are final."""
@@ -885,13 +936,11 @@ class Client:
         Returns the reader, which owns the open response. On any failure the response is closed
         before :class:`_AttemptFailed` is raised.
         """
-        http = self._http
-        assert http is not None
         http_request = prepared.http
         http_request.extensions["timeout"] = self._timeout_ext
         with anyio.move_on_after(self._request_timeout):
             try:
-                response = await http.send(http_request, stream=True)
+                response = await self._send(http_request, stream=True)
             except (httpx2.HTTPError, OSError) as exc:
                 raise _AttemptFailed(classify_exception(exc)) from exc
             try:
