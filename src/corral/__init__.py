@@ -1,6 +1,8 @@
 """Run LLM API calls at volume, one call or millions, on asyncio or trio.
 
-General layout (everything public is re-exported here, flat):
+General layout (everything public is re-exported here, flat). A request takes a concurrency
+slot, then its budget reservation; each attempt then passes the breaker, the rate limiter, the
+retry policy and the transport.
 
 - ``_client``: :class:`Client` (complete / complete_stream / run / stream) and its statistics.
 - ``_runner``: the acquire-then-spawn admission loop.

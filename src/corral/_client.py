@@ -166,8 +166,10 @@ class Client:
     Use it as an async context manager; nothing it starts outlives the ``async with``. It can be
     opened inside any task group, on asyncio or trio.
 
-    Each request passes, in order: budget, circuit breaker, concurrency limit, rate limit,
-    retries, transport. Every layer but the concurrency limit is optional.
+    Each request takes, in order: a concurrency slot (before its task even starts, so memory
+    stays bounded by concurrency), then its worst case from the budget; then every attempt
+    passes the circuit breaker and the rate limiter before it is sent. Every layer but the
+    concurrency limit is optional, and none of them sends anything for a request it refuses.
 
     Args:
         provider: The API adapter, for example :class:`corral.providers.OpenAI`.
@@ -176,9 +178,9 @@ class Client:
         retry: The retry policy; ``RetryPolicy()`` when not given.
         request_timeout: Seconds one HTTP attempt may take, all of it.
         rate_limit: Requests and tokens per minute to pace by. Even without one, the limits the
-            server announces in its rate-limit headers are learned and a 429 pauses every
-            worker at once (a shared cooldown); ``RateLimit(learn_from_headers=False)`` turns
-            that off.
+            server announces in its rate-limit headers are learned
+            (``RateLimit(learn_from_headers=False)`` turns that off), and a 429 always pauses
+            every worker at once until the server's hint (a shared cooldown).
         breaker: A circuit breaker per provider endpoint; None for none.
         budget: The most money and tokens the client may spend; None for no limit.
         pricing: Prices for ``cost_usd`` and the budget; ``Pricing.default()`` when not given.
@@ -470,7 +472,7 @@ class Client:
                 def end(completion: Completion | None) -> Completion | None:
                     self._count_end(completion)
                     if completion is not None:
-                        completion = self._priced(completion)
+                        completion = self._priced(completion, request.model)
                     self._settle_budget(reservation, completion)
                     return completion
 
@@ -654,8 +656,8 @@ class Client:
             # A timeout or a broken connection may still have been billed: count the worst case.
             budget.settle(reservation, None, reservation.tokens)
 
-    def _priced(self, value: _Success) -> _Success:
-        cost = self._pricing.cost(value.model or value.id, value.usage)
+    def _priced(self, value: _Success, requested_model: str) -> _Success:
+        cost = self._pricing.cost(value.model or requested_model, value.usage)
         return attrs.evolve(value, cost_usd=cost) if cost is not None else value
 
     async def _execute(self, request: AnyRequest, stream: bool = False) -> Result:

@@ -40,7 +40,6 @@ _log = logging.getLogger("corral")
 _PER: Final = 1_000_000.0
 
 
-
 def _price(inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is None:
         return

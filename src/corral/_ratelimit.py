@@ -59,6 +59,11 @@ LIMIT_NAMES: Final = ("requests", "tokens", "input_tokens", "output_tokens")
 # wait it was told is admitted on waking instead of being told to wait a few ulps more.
 _EPSILON: Final = 1e-9
 
+# The window bound is tight: the (limit + 1)-th unit is due exactly 60 seconds after the first.
+# Pacing this much slower keeps that unit microseconds past the window, so that float error (in
+# the TAT's sums and in the clock) and `_EPSILON` can never pull it inside.
+_RATE_MARGIN: Final = 1e-7
+
 # Hostile or broken headers are clamped to these, never trusted blindly.
 _MAX_LIMIT: Final = 1e12
 _MAX_RESET_S: Final = 86_400.0
@@ -197,7 +202,7 @@ class _GCRA:
         # strictly less than rate * W + capacity. With this rate that is at most the limit in
         # any 60-second window. The rate stays > 0 because the capacity is at most half the
         # limit (or one unit).
-        sustained = (per_minute - capacity + 1.0) / 60.0
+        sustained = (per_minute - capacity + 1.0) / (60.0 * (1.0 + _RATE_MARGIN))
         self._capacity = capacity
         self._interval = 1.0 / sustained
         self._tolerance = capacity * self._interval
@@ -802,6 +807,10 @@ class RateLimiter:
             async with self._lock:
                 while True:
                     now = self._clock()
+                    # Priced at admission, not on arrival: the output ratio learned while this
+                    # request queued applies to it (else a queue that filled before the first
+                    # answers settled would all reserve the whole max_tokens).
+                    costs = self._core.costs(input_tokens, max_output_tokens)
                     wait = self._core.try_acquire(now, costs)
                     if wait == 0.0:
                         break
