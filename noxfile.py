@@ -84,6 +84,18 @@ def docs(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def kill_resume(session: nox.Session) -> None:
+    """SIGKILL ``corral run`` at 50 random points and resume after each one."""
+    session.install(".[trio,cli,server]", *_groups("tests"))
+    session.run(
+        "pytest",
+        "tests/cli/test_cli_kill_resume.py",
+        *session.posargs,
+        env={"CORRAL_KILL_POINTS": "50"},
+    )
+
+
+@nox.session(default=False)
 def bench(session: nox.Session) -> None:
     """Run every script in benchmarks/; extra arguments are passed to each of them."""
     scripts = sorted(p for p in (ROOT / "benchmarks").glob("*.py") if not p.name.startswith("_"))

@@ -17,6 +17,9 @@ retry policy and the transport.
 - ``_streaming``: SSE reading, time to first token, :class:`CompletionStream`.
 - ``_transport`` / ``_transport_pool`` / ``_http11``: :class:`FastTransport`, corral's own
   HTTP/1.1 transport over anyio streams (httptools or h11 parsing, keep-alive pool).
+- ``_jobs*``: :func:`run_jsonl`, the durable, resumable OpenAI Batch JSONL engine behind
+  ``corral run`` (input scan, id table, fsynced writer, manifest).
+- ``_cli``: the ``corral`` command.
 - ``_secret``: the masked wrapper API keys live in.
 - ``providers``: one pure adapter per API.
 - ``testing``: the mock server and test helpers (not imported here).
@@ -53,6 +56,14 @@ from ._errors import (
     RequestFailed,
     RequestTimeoutError,
     ServerError,
+)
+from ._jobs import JobProgress, JobSummary, JsonlJob, run_jsonl
+from ._jobs_errors import (
+    CorruptOutputError,
+    JobError,
+    JobLockedError,
+    JobMismatchError,
+    OutputWriteError,
 )
 from ._models import (
     AnyRequest,
@@ -102,6 +113,7 @@ __all__ = [
     "ContentFilterError",
     "ContextLengthError",
     "CorralError",
+    "CorruptOutputError",
     "CostBreakdown",
     "EmbeddingRequest",
     "EmbeddingResult",
@@ -112,12 +124,19 @@ __all__ = [
     "InvalidInputError",
     "InvalidRequestError",
     "InvalidResponseError",
+    "JobError",
+    "JobLockedError",
+    "JobMismatchError",
+    "JobProgress",
+    "JobSummary",
+    "JsonlJob",
     "LimitInfo",
     "LongContextPrice",
     "Message",
     "ModelPrice",
     "NotFoundError",
     "OriginStatistics",
+    "OutputWriteError",
     "OverloadedError",
     "PermissionDeniedError",
     "Pricing",
@@ -138,5 +157,6 @@ __all__ = [
     "__version__",
     "converter",
     "from_json",
+    "run_jsonl",
     "to_json",
 ]

@@ -374,6 +374,11 @@ class Client:
             with anyio.CancelScope(shield=True):
                 await http.aclose()
 
+    @property
+    def provider(self) -> Provider:
+        """The provider adapter this client sends through."""
+        return self._provider
+
     def statistics(self) -> ClientStatistics:
         """Return a snapshot of this client's activity."""
         limit = self._max_concurrency

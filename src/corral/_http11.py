@@ -25,6 +25,8 @@ ParserName = Literal["auto", "httptools", "h11"]
 HAS_HTTPTOOLS: Final = httptools is not None
 
 _TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Control characters other than tab (CR and LF are counted separately).
+_CONTROL: Final = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _VALID_NAMES: set[bytes] = set()
 _VALID_NAMES_MAX: Final = 4096
 _NO_BODY_STATUS: Final = frozenset({204, 304})
@@ -102,9 +104,10 @@ def encode_request_head(
         lines += 1
     parts.append(b"\r\n")
     head = b"".join(parts)
-    # Every line break must be one we wrote: a CR, LF or NUL smuggled in through a value, the
-    # host or the target would let the peer read a different request.
-    if head.count(b"\n") != lines or head.count(b"\r") != lines or b"\0" in head:
+    # Every line break must be one we wrote: a CR or LF smuggled in through a value, the host
+    # or the target would let the peer read a different request. Other control characters
+    # are not allowed in a head either.
+    if head.count(b"\n") != lines or head.count(b"\r") != lines or _CONTROL.search(head):
         raise httpx2.LocalProtocolError("Illegal character in the request line or a header value")
     if b" " in target or not target:
         raise httpx2.LocalProtocolError(f"Illegal request target {target!r}")

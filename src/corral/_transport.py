@@ -22,6 +22,7 @@ import anyio
 import anyio.abc
 import attrs
 import httpx2
+from anyio.streams.tls import TLSStream
 from httpx2._utils import URLPattern, get_environment_proxies
 
 from ._http11 import (
@@ -33,7 +34,8 @@ from ._http11 import (
     encode_chunk,
     encode_request_head,
 )
-from ._transport_pool import Connection, ConnectionPool, Origin
+from ._transport_pool import Connection, ConnectionPool, Origin, close_stream
+from ._transport_socket import SocketStream, open_tcp_socket
 
 __all__ = ["FastTransport", "OriginStatistics", "TransportStatistics"]
 
@@ -512,17 +514,18 @@ class FastTransport(httpx2.AsyncBaseTransport):
             port = 443 if tls else 80
         try:
             with anyio.fail_after(connect_timeout):
+                stream: anyio.abc.ByteStream = SocketStream(await open_tcp_socket(host, port))
                 if tls:
-                    stream: anyio.abc.ByteStream = await anyio.connect_tcp(
-                        host,
-                        port,
-                        tls=True,
-                        ssl_context=self._get_ssl_context(),
-                        tls_hostname=host,
-                        tls_standard_compatible=False,
-                    )
-                else:
-                    stream = await anyio.connect_tcp(host, port)
+                    try:
+                        stream = await TLSStream.wrap(
+                            stream,
+                            hostname=host,
+                            ssl_context=self._get_ssl_context(),
+                            standard_compatible=False,
+                        )
+                    except BaseException:
+                        await close_stream(stream)
+                        raise
         except TimeoutError as exc:
             raise httpx2.ConnectTimeout(
                 f"Timed out connecting to {_origin_str(origin)} ({connect_timeout} s)"

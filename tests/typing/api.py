@@ -42,5 +42,32 @@ async def main() -> None:
                 print(streamed.id, streamed.ok)
 
 
+async def job(client: corral.Client) -> int:
+    summary: corral.JobSummary = await corral.run_jsonl(client, "in.jsonl", "out.jsonl")
+    return summary.statistics.failed
+
+
+async def flow() -> corral.Completion:
+    async with corral.Client(
+        OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="mock"),
+        max_concurrency="auto",
+        rate_limit=corral.RateLimit(requests_per_minute=3_000, tokens_per_minute=1_000_000),
+        breaker=corral.CircuitBreaker(failure_threshold=20, reset_timeout=30),
+        budget=corral.Budget(max_cost_usd=5.00),
+        pricing=corral.Pricing.default(),
+    ) as client:
+        request = corral.ChatRequest("gpt-4o-mini", [corral.Message("user", "hi")], max_tokens=8)
+        async with client.complete_stream(request) as deltas:
+            async for text in deltas:
+                print(text, end="")
+        embedding: corral.EmbeddingResult = await client.complete(
+            corral.EmbeddingRequest("text-embedding-3-small", "hello")
+        )
+        print(len(embedding.vectors))
+        stats: corral.ClientStatistics = client.statistics()
+        print(stats.budget)
+        return deltas.completion
+
+
 if __name__ == "__main__":
     anyio.run(main)
