@@ -136,7 +136,7 @@ class JobSummary:
 
     @property
     def exit_code(self) -> int:
-        """The CLI's exit code: 0 all succeeded, 1 some failed, 130 interrupted."""
+        """The exit code the CLI gives this outcome (0 all done, 1 some failed, 130 interrupted)."""
         if self.interrupted:
             return 130
         if self.failed or self.remaining:
