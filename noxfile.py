@@ -101,6 +101,6 @@ def bench(session: nox.Session) -> None:
     scripts = sorted(p for p in (ROOT / "benchmarks").glob("*.py") if not p.name.startswith("_"))
     if not scripts:
         session.error("benchmarks/ holds no benchmark script")
-    session.install(".[trio,cli,server]", *_groups("tests"))
+    session.install(".[trio,cli,server]", *_groups("bench"))
     for script in scripts:
         session.run("python", str(script.relative_to(ROOT)), *session.posargs)

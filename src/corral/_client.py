@@ -220,6 +220,7 @@ class Client:
         "_started",
         "_succeeded",
         "_timeout_ext",
+        "_timeout_ext_bounded",
         "_transport_choice",
     )
 
@@ -291,6 +292,14 @@ class Client:
             "connect": self._request_timeout,
             "read": self._request_timeout,
             "write": self._request_timeout,
+            "pool": self._request_timeout,
+        }
+        # A whole attempt already runs under move_on_after(request_timeout): per-read and
+        # per-write timeouts would only open more cancel scopes on the hot path.
+        self._timeout_ext_bounded = {
+            "connect": self._request_timeout,
+            "read": None,
+            "write": None,
             "pool": self._request_timeout,
         }
         if transport not in (None, "fast", "httpx"):
@@ -878,7 +887,7 @@ class Client:
         self, http_request: httpx2.Request, parse: Callable[[httpx2.Response], _Success]
     ) -> _Success:
         """Make one HTTP attempt; raise :class:`_AttemptFailed` on any expected failure."""
-        http_request.extensions["timeout"] = self._timeout_ext
+        http_request.extensions["timeout"] = self._timeout_ext_bounded
         with anyio.move_on_after(self._request_timeout) as scope:
             try:
                 response = await self._send(http_request)

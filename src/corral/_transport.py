@@ -1,9 +1,11 @@
-"""corral's own HTTP/1.1 transport: a keep-alive pool over anyio byte streams.
+"""corral's own HTTP/1.1 transport: a keep-alive pool of sockets, driven through anyio.
 
 :class:`FastTransport` is an :class:`httpx2.AsyncBaseTransport`, so any ``httpx2.AsyncClient``
-can use it, and it runs unchanged on asyncio and trio. It does plain HTTP/1.1 itself, the whole
-hot path of an LLM client, and hands everything else (HTTP/2, proxies, Unix sockets, other
-schemes) to a stock ``httpx2.AsyncHTTPTransport`` that it creates on first need.
+can use it, and it runs unchanged on asyncio and trio (sockets waited on with anyio, TLS by
+anyio's ``TLSStream``; see :mod:`corral._transport_socket`). It does plain HTTP/1.1 itself,
+the whole hot path of an LLM client, and hands everything else (HTTP/2, proxies, Unix
+sockets, other schemes) to a stock ``httpx2.AsyncHTTPTransport`` that it creates on first
+need.
 
 Failures surface as the exceptions httpx2's own transport raises (``ConnectError``,
 ``ReadTimeout``, ``RemoteProtocolError``...), so error classification does not care which
@@ -247,7 +249,7 @@ class _Response(httpx2.Response):
 
 
 class FastTransport(httpx2.AsyncBaseTransport):
-    """Send HTTP/1.1 requests over a keep-alive pool of anyio streams, on asyncio or trio.
+    """Send HTTP/1.1 requests over a keep-alive connection pool, on asyncio or trio.
 
     Use it wherever an ``httpx2.AsyncBaseTransport`` fits::
 
@@ -607,7 +609,7 @@ class FastTransport(httpx2.AsyncBaseTransport):
 
     @property
     def parser(self) -> str:
-        """The response parser in use: ``"httptools"`` or ``"h11"``."""
+        """The name of the response parser in use (``"httptools"`` or ``"h11"``)."""
         return self._parser_name
 
     def statistics(self) -> TransportStatistics:

@@ -176,9 +176,6 @@ async def _resolve(host: str, port: int) -> list[_Address]:
 async def open_tcp_socket(host: str, port: int) -> socket.socket:
     """Resolve *host* and connect to it; return a connected non-blocking socket.
 
-    With several addresses, a new attempt starts whenever the previous one fails or has not
-    succeeded within 250 ms; the first to connect wins and the others are abandoned.
-
     Args:
         host: A host name or an IP address literal.
         port: The TCP port.
@@ -189,6 +186,21 @@ async def open_tcp_socket(host: str, port: int) -> socket.socket:
     addresses = await _resolve(host, port)
     if not addresses:
         raise OSError(errno.EADDRNOTAVAIL, f"No address found for {host!r}")
+    return await connect_any(addresses)
+
+
+async def connect_any(addresses: list[tuple[int, Any]]) -> socket.socket:
+    """Connect to the first of *addresses* that answers, racing them as happy eyeballs do.
+
+    A new attempt starts whenever the previous one fails or has not succeeded within 250 ms;
+    the first to connect wins and the others are abandoned.
+
+    Args:
+        addresses: ``(family, sockaddr)`` pairs, in order of preference.
+
+    Raises:
+        OSError: Every attempt failed.
+    """
     if len(addresses) == 1:
         return await _connect_one(*addresses[0])
     winner: socket.socket | None = None
@@ -218,7 +230,6 @@ async def open_tcp_socket(host: str, port: int) -> socket.socket:
 
     if winner is None:
         raise OSError(
-            f"All connection attempts to {host}:{port} failed: "
-            + "; ".join(str(exc) for exc in errors)
+            "All connection attempts failed: " + "; ".join(str(exc) for exc in errors)
         ) from (errors[-1] if errors else None)
     return winner

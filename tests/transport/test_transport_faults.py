@@ -1,0 +1,334 @@
+"""The byte-level fault matrix: each server misbehaviour maps to its httpx2 error and retry kind.
+
+Every case also checks that the pool is left with no active connection. Cases that end in a
+timeout run in virtual time: the timeout elapses on the virtual clock, at no wall-clock cost.
+"""
+
+from __future__ import annotations
+
+import json
+
+import anyio
+import httpx2
+import pytest
+from transport_helpers import Peer, answer, black_hole, free_port, http_response, raw_server
+
+from corral import ErrorKind
+from corral._http11 import ParserName
+from corral._retry import classify_exception
+from corral._transport import FastTransport
+
+pytestmark = pytest.mark.anyio
+
+HEAD_200 = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+
+
+def client_for(transport: FastTransport, **timeouts: float) -> httpx2.AsyncClient:
+    """Return a client over *transport* with these timeouts (seconds) and 5 s for the rest."""
+    return httpx2.AsyncClient(transport=transport, timeout=httpx2.Timeout(5.0, **timeouts))
+
+
+def assert_kind(exc: BaseException, kind: ErrorKind) -> None:
+    """The Client's classification gives *kind*, and retries it."""
+    info = classify_exception(exc)
+    assert info.kind == kind
+    assert info.retryable
+
+
+def assert_pool_idle(transport: FastTransport) -> None:
+    """No connection is left checked out, and no request is left waiting."""
+    stats = transport.statistics()
+    assert stats.active == 0
+    assert stats.waiting == 0
+
+
+async def stall(peer: Peer) -> None:
+    """Read the request and never answer."""
+    await peer.read_request()
+    await anyio.sleep_forever()
+
+
+async def test_connection_refused(parser: ParserName) -> None:
+    """Nothing listening: ConnectError, a connection error worth a retry."""
+    async with FastTransport(parser=parser) as transport, client_for(transport) as client:
+        with pytest.raises(httpx2.ConnectError) as caught:
+            await client.get(f"http://127.0.0.1:{free_port()}/")
+        assert_pool_idle(transport)
+        assert transport.statistics().open == 0
+    assert_kind(caught.value, ErrorKind.CONNECTION)
+
+
+async def test_connect_timeout(parser: ParserName) -> None:
+    """A connect that cannot finish in time: ConnectTimeout, a timeout."""
+    async with (
+        raw_server(stall) as server,
+        FastTransport(parser=parser) as transport,
+        client_for(transport, connect=0.0) as client,
+    ):
+        with pytest.raises(httpx2.ConnectTimeout) as caught:
+            await client.get(server.url())
+        assert_pool_idle(transport)
+        assert transport.statistics().open == 0
+    assert_kind(caught.value, ErrorKind.TIMEOUT)
+
+
+@pytest.mark.parametrize("read_first", [False, True], ids=["at-accept", "after-request"])
+async def test_accept_then_close(parser: ParserName, read_first: bool) -> None:
+    """A server that closes without a byte: RemoteProtocolError, a connection error."""
+
+    async def close_at_once(peer: Peer) -> None:
+        if read_first:
+            await peer.read_request()
+
+    async with (
+        raw_server(close_at_once) as server,
+        FastTransport(parser=parser) as transport,
+        client_for(transport) as client,
+    ):
+        with pytest.raises(
+            (httpx2.RemoteProtocolError, httpx2.ReadError, httpx2.WriteError)
+        ) as caught:
+            await client.post(server.url(), json={"q": 1})
+        assert_pool_idle(transport)
+    if read_first:
+        assert isinstance(caught.value, httpx2.RemoteProtocolError)
+        assert "without sending a response" in str(caught.value)
+    assert_kind(caught.value, ErrorKind.CONNECTION)
+
+
+@pytest.mark.parametrize("where", ["before-response", "mid-body"])
+async def test_reset(parser: ParserName, where: str) -> None:
+    """A TCP reset before or inside the body: ReadError, a connection error."""
+
+    async def reset(peer: Peer) -> None:
+        await peer.read_request()
+        if where == "mid-body":
+            await peer.send(HEAD_200 + b"content-length: 100\r\n\r\n" + b'{"partial": ')
+        await peer.reset()
+
+    async with (
+        raw_server(reset) as server,
+        FastTransport(parser=parser) as transport,
+        client_for(transport) as client,
+    ):
+        with pytest.raises((httpx2.ReadError, httpx2.RemoteProtocolError)) as caught:
+            await client.post(server.url(), json={"q": 1})
+        assert_pool_idle(transport)
+        assert transport.statistics().open == 0
+    assert_kind(caught.value, ErrorKind.CONNECTION)
+
+
+@pytest.mark.virtual_time
+@pytest.mark.parametrize("sent", [b"", HEAD_200 + b"content-length: 10\r\n\r\n"])
+async def test_stall_is_a_read_timeout(parser: ParserName, sent: bytes) -> None:
+    """Silence, or headers then silence: ReadTimeout after the read timeout, a timeout."""
+
+    async def answer_then_stall(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(sent)
+        await anyio.sleep_forever()
+
+    async with (
+        raw_server(answer_then_stall) as server,
+        FastTransport(parser=parser) as transport,
+        client_for(transport, read=2.0) as client,
+    ):
+        start = anyio.current_time()
+        with pytest.raises(httpx2.ReadTimeout) as caught:
+            await client.get(server.url())
+        elapsed = anyio.current_time() - start
+        assert_pool_idle(transport)
+        assert transport.statistics().discarded == 1
+    assert 2.0 <= elapsed < 3.0
+    assert_kind(caught.value, ErrorKind.TIMEOUT)
+
+
+async def test_slow_drip_within_the_read_timeout_succeeds(parser: ParserName) -> None:
+    """The read timeout bounds each read, not the whole body: a steady drip gets through."""
+    pieces = [b'{"n": [', b"1, ", b"2, ", b"3, ", b"4, ", b"5", b"]}"]
+
+    async def drip(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(HEAD_200 + b"content-length: %d\r\n\r\n" % len(b"".join(pieces)))
+        for piece in pieces:
+            await anyio.sleep(0.05)
+            await peer.send(piece)
+        await answer(peer, http_response(200, b"next"))
+
+    async with (
+        raw_server(drip) as server,
+        FastTransport(parser=parser) as transport,
+        client_for(transport, read=0.25) as client,
+    ):
+        start = anyio.current_time()
+        response = await client.get(server.url())
+        elapsed = anyio.current_time() - start
+        assert (await client.get(server.url())).content == b"next"
+        stats = transport.statistics()
+    assert response.json() == {"n": [1, 2, 3, 4, 5]}
+    assert elapsed > 0.25
+    assert stats.connects == 1
+
+
+@pytest.mark.virtual_time
+@pytest.mark.parametrize("in_headers", [False, True], ids=["in-body", "in-headers"])
+async def test_drip_with_one_long_gap_is_a_read_timeout(
+    parser: ParserName, in_headers: bool
+) -> None:
+    """A drip that stops for longer than the read timeout fails with ReadTimeout."""
+    first = HEAD_200 if in_headers else HEAD_200 + b"content-length: 9\r\n\r\nabc"
+
+    async def drip(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(first)
+        for _ in range(3):
+            await anyio.sleep(0.5)
+            await peer.send(b"x" if not in_headers else b"x-drip: 1\r\n")
+        await anyio.sleep(10)
+        await peer.send(b"never read")
+
+    async with (
+        raw_server(drip) as server,
+        FastTransport(parser=parser) as transport,
+        client_for(transport, read=1.0) as client,
+    ):
+        start = anyio.current_time()
+        with pytest.raises(httpx2.ReadTimeout):
+            await client.get(server.url())
+        elapsed = anyio.current_time() - start
+        assert_pool_idle(transport)
+    assert 2.5 <= elapsed < 3.0
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        HEAD_200 + b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n5\r\nwor",
+        HEAD_200 + b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        HEAD_200 + b"content-length: 100\r\n\r\n" + b'{"short": true}',
+        b"HTTP/1.1 200 OK\r\ncontent-le",
+    ],
+    ids=["chunk-cut", "no-last-chunk", "content-length-short", "head-cut"],
+)
+async def test_truncated_response_is_a_protocol_error(parser: ParserName, sent: bytes) -> None:
+    """A response cut short by the server closing: RemoteProtocolError, a connection error."""
+
+    async def send_and_close(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(sent)
+
+    async with (
+        raw_server(send_and_close) as server,
+        FastTransport(parser=parser) as transport,
+        client_for(transport) as client,
+    ):
+        with pytest.raises(httpx2.RemoteProtocolError) as caught:
+            await client.get(server.url())
+        assert_pool_idle(transport)
+        assert transport.statistics().open == 0
+    assert_kind(caught.value, ErrorKind.CONNECTION)
+
+
+async def test_body_longer_than_content_length(parser: ParserName) -> None:
+    """Extra bytes past Content-Length: the declared body stands, the connection is not reused."""
+    sent = HEAD_200 + b"content-length: 7\r\n\r\n" + b'{"a":1}garbage'
+    async with (
+        raw_server(lambda peer: answer(peer, sent, times=1)) as server,
+        FastTransport(parser=parser) as transport,
+        client_for(transport) as client,
+    ):
+        first = await client.get(server.url())
+        second = await client.get(server.url())
+        stats = transport.statistics()
+    assert first.json() == second.json() == {"a": 1}
+    assert stats.connects == 2
+    assert stats.active == 0
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        b"HTTP/1.1 OK 200\r\n\r\n",
+        b"SSH-2.0-OpenSSH\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
+    ],
+    ids=["status-line", "not-http", "header"],
+)
+async def test_malformed_response_is_a_protocol_error(parser: ParserName, sent: bytes) -> None:
+    """Bytes that are not an HTTP response: RemoteProtocolError, and the connection is dropped."""
+    async with (
+        raw_server(lambda peer: answer(peer, sent)) as server,
+        FastTransport(parser=parser) as transport,
+        client_for(transport) as client,
+    ):
+        with pytest.raises(httpx2.RemoteProtocolError) as caught:
+            await client.get(server.url())
+        assert_pool_idle(transport)
+        assert transport.statistics().open == 0
+    assert_kind(caught.value, ErrorKind.CONNECTION)
+
+
+async def test_non_json_200_is_fine_at_transport_level(parser: ParserName) -> None:
+    """A 200 whose body is not JSON is still a 200: parsing it is the provider's business."""
+    sent = http_response(200, b"<html>gateway says hi</html>", [("content-type", "text/html")])
+    async with (
+        raw_server(lambda peer: answer(peer, sent)) as server,
+        FastTransport(parser=parser) as transport,
+        client_for(transport) as client,
+    ):
+        response = await client.post(server.url(), json={"q": 1})
+        assert_pool_idle(transport)
+    assert response.status_code == 200
+    assert response.text == "<html>gateway says hi</html>"
+    with pytest.raises(json.JSONDecodeError):
+        response.json()
+
+
+@pytest.mark.virtual_time
+async def test_server_not_reading_is_a_write_timeout(parser: ParserName) -> None:
+    """A server that never reads a large upload: WriteTimeout once the buffers fill."""
+    with black_hole() as port:
+        async with (
+            FastTransport(parser=parser) as transport,
+            client_for(transport, write=1.0) as client,
+        ):
+            start = anyio.current_time()
+            with pytest.raises(httpx2.WriteTimeout) as caught:
+                await client.post(f"http://127.0.0.1:{port}/", content=b"u" * (16 * 1024 * 1024))
+            elapsed = anyio.current_time() - start
+            assert_pool_idle(transport)
+            assert transport.statistics().open == 0
+    assert 1.0 <= elapsed < 2.0
+    assert_kind(caught.value, ErrorKind.TIMEOUT)
+
+
+@pytest.mark.virtual_time
+async def test_full_pool_is_a_pool_timeout(parser: ParserName) -> None:
+    """With every connection busy, a request waits the pool timeout, then PoolTimeout."""
+
+    async def slow_stream(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(HEAD_200 + b"content-length: 2\r\n\r\n")
+        await anyio.sleep(100)
+        await peer.send(b"{}")
+        await answer(peer, http_response(200, b"{}"))
+
+    async with (
+        raw_server(slow_stream) as server,
+        FastTransport(parser=parser, max_connections=1) as transport,
+        client_for(transport, pool=3.0, read=1000.0) as client,
+    ):
+        async with client.stream("GET", server.url()) as held:
+            start = anyio.current_time()
+            with pytest.raises(httpx2.PoolTimeout) as caught:
+                await client.get(server.url())
+            elapsed = anyio.current_time() - start
+            assert transport.statistics().waiting == 0
+            assert await held.aread() == b"{}"
+        after = await client.get(server.url())
+        assert_pool_idle(transport)
+        stats = transport.statistics()
+    assert 3.0 <= elapsed < 4.0
+    assert after.status_code == 200
+    assert stats.connects == 1
+    assert_kind(caught.value, ErrorKind.TIMEOUT)
