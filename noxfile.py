@@ -1,7 +1,8 @@
 """Sessions for tests, linting, type checking, docs and benchmarks.
 
-``nox`` runs the default sessions: the test matrix (3 Pythons x 2 backend sets), lint, typing
-and docs. ``nox -s bench`` runs the benchmarks, which are never part of the default run.
+``nox`` runs the default sessions: the test matrix (3 Pythons x 2 backend sets), lint, typing,
+docs and a short soak (``soak_short``, 5,000 requests per backend). ``nox -s soak`` (100,000
+requests per backend) and ``nox -s bench`` (the benchmarks) are never part of the default run.
 """
 
 from __future__ import annotations
@@ -104,3 +105,30 @@ def bench(session: nox.Session) -> None:
     session.install(".[trio,cli,server]", *_groups("bench"))
     for script in scripts:
         session.run("python", str(script.relative_to(ROOT)), *session.posargs)
+
+
+def _soak(session: nox.Session, requests: int) -> None:
+    session.install(".[trio,cli,server]", *_groups("tests"))
+    session.run(
+        "pytest",
+        "tests/soak",
+        "-p",
+        "no:cacheprovider",
+        *session.posargs,
+        env={
+            "CORRAL_SOAK_REQUESTS": str(requests),
+            "CORRAL_TEST_BACKENDS": "asyncio,trio",
+        },
+    )
+
+
+@nox.session(python=PYTHONS[0])
+def soak_short(session: nox.Session) -> None:
+    """Soak ``Client.stream`` with 5,000 requests per backend through 5% faults (see tests/soak)."""
+    _soak(session, 5_000)
+
+
+@nox.session(default=False)
+def soak(session: nox.Session) -> None:
+    """Soak ``Client.stream`` with 100,000 requests per backend through 5% faults."""
+    _soak(session, 100_000)

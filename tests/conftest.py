@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import ssl
 from typing import Any
 
 import pytest
+import trustme
 
 from corral.testing import virtual_time_backend
 
@@ -56,3 +58,17 @@ def anyio_backend(request: pytest.FixtureRequest) -> str | tuple[str, dict[str, 
     if marker is None:
         return name
     return virtual_time_backend(name, **marker.kwargs)
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    """A throwaway certificate authority, for tests against TLS servers on loopback."""
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def server_context(ca: trustme.CA) -> ssl.SSLContext:
+    """A server context with a certificate for 127.0.0.1, signed by the throwaway CA."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    return context

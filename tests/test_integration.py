@@ -13,6 +13,7 @@ import stamina
 import corral
 from corral.providers import OpenAI
 from corral.testing import MockConfig, MockServer, serve
+from procfs import sockets_to
 
 pytestmark = pytest.mark.anyio
 
@@ -28,24 +29,6 @@ def req(i: int) -> corral.ChatRequest:
     return corral.ChatRequest(
         "gpt-4o-mini", [corral.Message("user", f"What is {i} + {i}?")], max_tokens=16, id=f"q{i}"
     )
-
-
-def client_sockets(server_port: int) -> int:
-    """Count this process's open sockets whose remote end is the server (client side)."""
-    inodes = {}
-    with open("/proc/net/tcp") as f:
-        for line in f.read().splitlines()[1:]:
-            fields = line.split()
-            inodes[fields[9]] = int(fields[2].split(":")[1], 16)
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:[") and inodes.get(target[8:-1]) == server_port:
-            count += 1
-    return count
 
 
 async def test_answers_and_usage_from_the_mock() -> None:
@@ -106,9 +89,9 @@ async def test_cancellation_leaves_no_request_or_connection(seed: int) -> None:
                     async for _ in results:
                         pass
             assert client.statistics().in_flight == 0
-            assert client_sockets(running.port) <= 16
+            assert sockets_to(running.port) <= 16
         with anyio.fail_after(5):
             await server.wait_idle()
         # The client's connections are closed with it, at once.
-        assert client_sockets(running.port) == 0
+        assert sockets_to(running.port) == 0
     assert server.statistics().in_flight == 0

@@ -57,15 +57,17 @@ async def test_200k_lazy_requests_run_in_bounded_memory() -> None:
 
 
 async def test_traced_peak_does_not_grow_with_input_size() -> None:
-    """tracemalloc's peak for 10x more requests stays within a few kB of the smaller run."""
-    await run_admission(200)  # warm caches (task machinery, code objects)
+    """tracemalloc's peak for 10x more requests stays close to the smaller run's."""
+    await run_admission(1_000)  # warm caches (task machinery, code objects, loop structures)
     tracemalloc.start()
     try:
-        await run_admission(500)
+        await run_admission(1_000)
         _, small = tracemalloc.get_traced_memory()
         tracemalloc.reset_peak()
-        await run_admission(5_000)
+        await run_admission(10_000)
         _, large = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert large < small * 1.25 + 16_384, (small, large)
+    # The slack covers the event loop's own bookkeeping, which moves by tens of kB with timing;
+    # keeping even 48 bytes per request would add 430 kB here.
+    assert large < small * 1.5 + 65_536, (small, large)

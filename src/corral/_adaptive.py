@@ -32,7 +32,7 @@ from typing import Any
 import anyio
 import attrs
 
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, check_number
 
 __all__ = ["AdaptiveConcurrency", "AdaptiveStatistics"]
 
@@ -63,22 +63,14 @@ def signal_for_kind(kind: str | None) -> Signal:
 
 
 def _check_int(inst: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(
-            f"AdaptiveConcurrency.{attribute.name} must be an integer >= 1, got {value!r}"
-        )
+    check_number(value, f"AdaptiveConcurrency.{attribute.name}", minimum=1, integer=True)
 
 
 def _check_range(low: float, high: float) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
     def check(inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigurationError(
-                f"AdaptiveConcurrency.{attribute.name} must be a number, got {value!r}"
-            )
-        if not (math.isfinite(value) and low < value <= high):
-            raise ConfigurationError(
-                f"AdaptiveConcurrency.{attribute.name} must be in ({low}, {high}], got {value!r}"
-            )
+        check_number(
+            value, f"AdaptiveConcurrency.{attribute.name}", minimum=low, above=True, maximum=high
+        )
 
     return check
 

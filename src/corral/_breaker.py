@@ -36,7 +36,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from ._errors import ConfigurationError
+from ._errors import check_number, check_type
 
 __all__ = ["BreakerState", "BreakerStatistics", "CircuitBreaker"]
 
@@ -79,17 +79,15 @@ def outcome_for_kind(kind: str | None) -> Outcome:
 
 
 def _positive_int(inst: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(
-            f"CircuitBreaker.{attribute.name} must be an integer >= 1, got {value!r}"
-        )
+    check_number(value, f"CircuitBreaker.{attribute.name}", minimum=1, integer=True)
 
 
 def _positive_float(inst: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigurationError(f"CircuitBreaker.{attribute.name} must be a number, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigurationError(f"CircuitBreaker.{attribute.name} must be > 0, got {value!r}")
+    check_number(value, f"CircuitBreaker.{attribute.name}", minimum=0, above=True)
+
+
+def _boolean(inst: object, attribute: attrs.Attribute[bool], value: bool) -> None:
+    check_type(value, f"CircuitBreaker.{attribute.name}", bool, "True or False")
 
 
 @attrs.frozen
@@ -107,7 +105,7 @@ class CircuitBreaker:
     failure_threshold: int = attrs.field(default=20, validator=_positive_int)
     reset_timeout: float = attrs.field(default=30.0, validator=_positive_float)
     half_open_probes: int = attrs.field(default=1, validator=_positive_int)
-    wait: bool = False
+    wait: bool = attrs.field(default=False, validator=_boolean)
 
 
 class Admission:

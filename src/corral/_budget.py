@@ -26,7 +26,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from ._errors import ConfigurationError
+from ._errors import check_number
 
 __all__ = ["Budget", "BudgetStatistics"]
 
@@ -49,15 +49,19 @@ def _nano_down(usd: float) -> int:
     return n
 
 
+_MAX_USD: Final = 1e15
+
+
 def _optional_non_negative(inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigurationError(f"Budget.{attribute.name} must be a number, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ConfigurationError(f"Budget.{attribute.name} must be >= 0, got {value!r}")
-    if attribute.name == "max_tokens" and not isinstance(value, int):
-        raise ConfigurationError(f"Budget.max_tokens must be an integer, got {value!r}")
+    check_number(
+        value,
+        f"Budget.{attribute.name}",
+        minimum=0,
+        # Dollars are counted in nano-dollars: keep that count within a float's range.
+        maximum=None if attribute.name == "max_tokens" else _MAX_USD,
+        integer=attribute.name == "max_tokens",
+        optional=True,
+    )
 
 
 @attrs.frozen

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from contextlib import asynccontextmanager
 from functools import partial
 from types import TracebackType
-from typing import Any, Final, Literal, Self, TypeVar, overload
+from typing import Any, Final, Literal, NoReturn, Self, TypeVar, overload
 
 import anyio
 import attrs
@@ -16,9 +16,16 @@ import httpx2
 import stamina
 
 from ._adaptive import AdaptiveConcurrency, AdaptiveLimiter, AdaptiveStatistics, signal_for_kind
-from ._breaker import BreakerRegistry, BreakerStatistics, CircuitBreaker, outcome_for_kind
+from ._breaker import (
+    Admission,
+    Breaker,
+    BreakerRegistry,
+    BreakerStatistics,
+    CircuitBreaker,
+    outcome_for_kind,
+)
 from ._budget import Budget, BudgetStatistics, BudgetTracker, Reservation
-from ._errors import ConfigurationError, InvalidRequestError, exception_for
+from ._errors import ConfigurationError, InvalidRequestError, check_number, exception_for
 from ._models import (
     AnyRequest,
     BatchResult,
@@ -34,9 +41,10 @@ from ._models import (
     StatisticsCollector,
 )
 from ._pricing import Pricing
-from ._ratelimit import RateLimit, RateLimiter, RateLimiterStatistics
+from ._ratelimit import Permit, RateLimit, RateLimiter, RateLimiterStatistics
 from ._retry import RetryPolicy, classify_exception
 from ._runner import LazyInput, admit
+from ._secret import header_secrets, redact
 from ._streaming import CompletionStream, EventReader, stream_failure
 from ._transport import FastTransport
 from .providers._base import (
@@ -74,6 +82,10 @@ class _AttemptFailed(Exception):
         self.info = info
         self.final = final
         self.gave_up: str | None = None
+
+
+class _DeadlinePassed(Exception):
+    """The request's deadline passed during an attempt or while waiting to send one."""
 
 
 class _Prepared:
@@ -188,7 +200,9 @@ class Client:
             ``AdaptiveConcurrency()`` when not given.
         http_client: Your own :class:`httpx2.AsyncClient` (proxies, mTLS, event hooks). corral
             never closes a client it did not create, and sends every request through its
-            ``send()``, so its hooks, auth and mounts all apply.
+            ``send()``, so its hooks, auth and mounts all apply; only redirects are never
+            followed, even if the client is set to follow them, so that no credential header
+            reaches another origin.
         transport: Without *http_client*: ``"fast"`` (the default) sends through
             :class:`corral.FastTransport`, corral's own HTTP/1.1 transport, and skips the
             general client's per-request work (redirects, cookies, auth flows, URL merging);
@@ -204,6 +218,7 @@ class Client:
         "_budget",
         "_budget_policy",
         "_direct",
+        "_estimate_tokens",
         "_failed",
         "_http",
         "_in_flight",
@@ -274,16 +289,22 @@ class Client:
         self._breaker_policy = breaker
         self._budget_policy = budget
         self._pricing = pricing if pricing is not None else Pricing.default()
+        # Token estimates feed the budget's reservations and the rate limiter's token limits,
+        # configured or learned from headers.
+        self._estimate_tokens = (
+            budget is not None
+            or bool(self._rate_policy.limits())
+            or self._rate_policy.learn_from_headers
+        )
         self._rate: RateLimiter | None = None
         self._breakers: BreakerRegistry | None = None
         self._budget: BudgetTracker | None = None
         self._adaptive: AdaptiveLimiter | None = None
-        if not (
-            isinstance(request_timeout, int | float)
-            and math.isfinite(request_timeout)
-            and request_timeout > 0
-        ):
-            raise ConfigurationError(f"request_timeout must be > 0, got {request_timeout!r}")
+        check_number(request_timeout, "request_timeout", minimum=0, above=True)
+        if http_client is not None and not isinstance(http_client, httpx2.AsyncClient):
+            raise ConfigurationError(
+                f"http_client must be an httpx2.AsyncClient, got {type(http_client).__name__}"
+            )
         self._provider = provider
         self._max_concurrency = max_concurrency
         self._retry = retry if retry is not None else RetryPolicy()
@@ -625,8 +646,7 @@ class Client:
             prepared = _Prepared(request, provider.build_stream_request(request), _STREAM)
         else:
             prepared = _Prepared(request, provider.build_request(request), _CHAT)
-        needs_estimate = self._budget_policy is not None or self._rate_policy.limits()
-        if needs_estimate or self._rate_policy.learn_from_headers:
+        if self._estimate_tokens:
             prepared.input_estimate = self._rate_policy.count_tokens(request.prompt_text)
         prepared.max_output = request.max_tokens or 0
         return prepared
@@ -662,12 +682,14 @@ class Client:
         if isinstance(result, Completion | EmbeddingResult):
             budget.settle(reservation, result.cost_usd, result.usage.total_tokens)
         elif isinstance(result, Failure) and (
-            result.attempts == 0 or result.error.status_code is not None
+            result.attempts == 0
+            or (result.error.status_code is not None and not 200 <= result.error.status_code < 300)
         ):
             # Refused before sending, or answered with an error status: nothing was billed.
             budget.release(reservation)
         else:
-            # A timeout or a broken connection may still have been billed: count the worst case.
+            # A timeout, a broken connection or a 2xx whose body could not be read may still
+            # have been billed: count the worst case.
             budget.settle(reservation, None, reservation.tokens)
 
     def _priced(self, value: _Success, requested_model: str) -> _Success:
@@ -731,9 +753,7 @@ class Client:
             return outcome
         value, attempts = outcome
         cost = self._pricing.cost(value.model or request.model, value.usage)
-        return attrs.evolve(
-            value, latency_s=anyio.current_time() - start, attempts=attempts, cost_usd=cost
-        )
+        return _finished(value, anyio.current_time() - start, attempts, cost)
 
     async def _with_retries(
         self, prepared: _Prepared, start: float, attempt: Callable[[], Awaitable[T]]
@@ -742,6 +762,10 @@ class Client:
         policy = self._retry
         request_id = prepared.request.id
         deadline = start + policy.timeout if policy.timeout is not None else math.inf
+        # A whole non-streamed attempt runs under request_timeout; a stream bounds only its
+        # wait for the first delta (in _open_stream), never the reading of a long answer.
+        bounded = prepared.mode != _STREAM
+        request_timeout = self._request_timeout
         attempts = 0
         last: _AttemptFailed | None = None
         # `is not None`: an empty registry is falsy (it has a __len__) until its first circuit.
@@ -752,7 +776,118 @@ class Client:
 
         async def counted() -> T:
             nonlocal attempts
-            admission = None
+            admission: Admission | None = None
+            permit: Permit | None = None
+            if breaker is None and rate is not None:
+                permit = rate.acquire_nowait(prepared.input_estimate, prepared.max_output)
+            if breaker is not None or (rate is not None and permit is None):
+                admission, permit = await self._wait_to_send(breaker, rate, prepared, deadline)
+            attempts += 1
+            self._attempts += 1
+            began = anyio.current_time()
+            outcome: str | None = None  # the error kind's value; None for a success
+            sent = True
+            # One cancel scope per attempt: the request's deadline, or the attempt's own
+            # timeout when that comes first. Waiting above is bounded by the deadline alone.
+            limit = min(deadline, began + request_timeout) if bounded else deadline
+            try:
+                with anyio.CancelScope(deadline=limit) as scope:
+                    value = await attempt()
+                if scope.cancelled_caught:
+                    _timed_out(deadline_passed=limit >= deadline, request_timeout=request_timeout)
+            except _AttemptFailed as exc:
+                outcome = exc.info.kind.value
+                if rate is not None and permit is not None:
+                    self._after_refusal(rate, permit, exc.info)
+                raise
+            except BaseException:
+                # Cancellation, the deadline (or a bug) says nothing about the upstream: free
+                # the probe slot without an outcome, and teach the concurrency controller
+                # nothing.
+                if breaker is not None and admission is not None:
+                    breaker.release(admission)
+                    admission = None
+                sent = False
+                raise
+            finally:
+                if breaker is not None and admission is not None:
+                    breaker.record(admission, outcome_for_kind(outcome))
+                if adaptive is not None and sent:
+                    adaptive.record(signal_for_kind(outcome), anyio.current_time() - began)
+            if rate is not None and permit is not None:
+                usage = getattr(value, "usage", None)
+                if usage is None:
+                    rate.settle(permit, None, None)
+                else:
+                    rate.settle(permit, usage.input_tokens, usage.output_tokens)
+            return value
+
+        def retry_hook(exc: Exception) -> bool | float:
+            nonlocal last
+            if not isinstance(exc, _AttemptFailed):
+                return False
+            last = exc
+            if exc.final or not exc.info.retryable:
+                return False
+            hint = exc.info.retry_after_s
+            if hint is None:
+                return True
+            remaining = deadline - anyio.current_time()
+            if hint > policy.max_retry_after or hint >= remaining:
+                limit = "max_retry_after" if hint > policy.max_retry_after else "the deadline"
+                exc.gave_up = f"server asked to retry after {hint:g}s, beyond {limit}"
+                return False
+            return hint
+
+        # The first attempt runs outside stamina: a success, the common case, then costs
+        # nothing extra. A failure is re-raised inside stamina's loop so that stamina decides
+        # about it and sleeps its backoff like for any other attempt.
+        try:
+            return await counted(), attempts
+        except _AttemptFailed as exc:
+            last = exc
+        except _DeadlinePassed:
+            return self._deadline_failure(prepared, None, start, attempts)
+        if policy.attempts == 1 or retry_hook(last) is False:
+            return self._fail(prepared, last, start, attempts)
+        first: _AttemptFailed | None = last
+        # Backoff sleeps count against the deadline too.
+        with anyio.CancelScope(deadline=deadline):
+            try:
+                async for retry in stamina.retry_context(
+                    on=retry_hook,
+                    attempts=policy.attempts,
+                    timeout=None,  # the deadline is enforced on anyio's clock
+                    wait_initial=policy.wait_initial,
+                    wait_max=policy.wait_max,
+                    wait_jitter=policy.wait_jitter,
+                    wait_exp_base=policy.wait_exp_base,
+                ):
+                    with retry:
+                        if first is not None:
+                            pending, first = first, None
+                            raise pending
+                        log.debug("retrying %s (attempt %d)", request_id, attempts + 1)
+                        value = await counted()
+            except _AttemptFailed as exc:
+                return self._fail(prepared, exc, start, attempts)
+            except _DeadlinePassed:
+                pass
+            else:
+                return value, attempts
+        # The deadline passed: during an attempt, a wait to send, or a backoff sleep.
+        return self._deadline_failure(prepared, last, start, attempts)
+
+    async def _wait_to_send(
+        self,
+        breaker: Breaker | None,
+        rate: RateLimiter | None,
+        prepared: _Prepared,
+        deadline: float,
+    ) -> tuple[Admission | None, Permit | None]:
+        """Wait for the circuit and the rate limiter to admit an attempt, until the deadline."""
+        admission: Admission | None = None
+        with anyio.CancelScope(deadline=deadline):
             if breaker is not None:
                 admission = await breaker.admit()
                 if admission is None:
@@ -766,120 +901,54 @@ class Client:
                         ),
                         final=True,
                     )
-            outcome: str | None = None  # the error kind's value; None for a success
-            sent = False
-            began = 0.0
             try:
                 permit = None
                 if rate is not None:
                     permit = await rate.acquire(prepared.input_estimate, prepared.max_output)
-                attempts += 1
-                self._attempts += 1
-                sent = True
-                began = anyio.current_time()
-                try:
-                    value = await attempt()
-                except _AttemptFailed as exc:
-                    outcome = exc.info.kind.value
-                    if rate is not None and permit is not None:
-                        self._after_refusal(rate, permit, exc.info)
-                    raise
-                if rate is not None and permit is not None:
-                    usage = getattr(value, "usage", None)
-                    if usage is None:
-                        rate.settle(permit, None, None)
-                    else:
-                        rate.settle(permit, usage.input_tokens, usage.output_tokens)
-                return value
-            except _AttemptFailed:
-                raise
             except BaseException:
-                # Cancellation (or a bug) says nothing about the upstream: free the probe slot
-                # without an outcome, and teach the concurrency controller nothing.
                 if breaker is not None and admission is not None:
                     breaker.release(admission)
-                    admission = None
-                sent = False
                 raise
-            finally:
-                if breaker is not None and admission is not None:
-                    breaker.record(admission, outcome_for_kind(outcome))
-                if adaptive is not None and sent:
-                    adaptive.record(signal_for_kind(outcome), anyio.current_time() - began)
+            return admission, permit
+        # The deadline passed while waiting (the scope swallowed it after the release above).
+        raise _DeadlinePassed
 
-        def retry_hook(exc: Exception) -> bool | float:
-            if not isinstance(exc, _AttemptFailed) or exc.final or not exc.info.retryable:
-                return False
-            hint = exc.info.retry_after_s
-            if hint is None:
-                return True
-            remaining = deadline - anyio.current_time()
-            if hint > policy.max_retry_after or hint >= remaining:
-                limit = "max_retry_after" if hint > policy.max_retry_after else "the deadline"
-                exc.gave_up = f"server asked to retry after {hint:g}s, beyond {limit}"
-                return False
-            return hint
-
-        with anyio.move_on_after(deadline - start):
-            # The first attempt runs outside stamina: a success, the common case, then costs
-            # nothing extra. A failure is re-raised inside stamina's loop so that stamina decides
-            # about it and sleeps its backoff like for any other attempt.
-            try:
-                value = await counted()
-            except _AttemptFailed as exc:
-                last = exc
-            else:
-                return value, attempts
-            if policy.attempts > 1 and retry_hook(last) is not False:
-                first: _AttemptFailed | None = last
-                try:
-                    async for retry in stamina.retry_context(
-                        on=retry_hook,
-                        attempts=policy.attempts,
-                        timeout=None,  # the deadline above is enforced on anyio's clock
-                        wait_initial=policy.wait_initial,
-                        wait_max=policy.wait_max,
-                        wait_jitter=policy.wait_jitter,
-                        wait_exp_base=policy.wait_exp_base,
-                    ):
-                        with retry:
-                            if first is not None:
-                                pending, first = first, None
-                                raise pending
-                            log.debug("retrying %s (attempt %d)", request_id, attempts + 1)
-                            value = await counted()
-                except _AttemptFailed as exc:
-                    last = exc
-                else:
-                    return value, attempts
-            return self._fail(request_id, last, start, attempts)
-        # The deadline passed.
+    def _deadline_failure(
+        self, prepared: _Prepared, last: _AttemptFailed | None, start: float, attempts: int
+    ) -> Failure:
         detail = f"; last error: {last.info.message}" if last is not None else ""
         info = ErrorInfo(
             ErrorKind.TIMEOUT,
-            f"deadline of {policy.timeout:g}s passed after {attempts} attempt(s){detail}",
+            f"deadline of {self._retry.timeout:g}s passed after {attempts} attempt(s){detail}",
             status_code=last.info.status_code if last is not None else None,
             retryable=True,
             retry_after_s=last.info.retry_after_s if last is not None else None,
         )
-        return Failure(request_id, info, attempts, anyio.current_time() - start)
+        info = _redacted(info, prepared.http)
+        return Failure(prepared.request.id, info, attempts, anyio.current_time() - start)
 
-    @staticmethod
-    def _after_refusal(rate: RateLimiter, permit: Any, info: ErrorInfo) -> None:
+    def _after_refusal(self, rate: RateLimiter, permit: Any, info: ErrorInfo) -> None:
         if info.status_code == 429:
-            # A refused request used no tokens; and every worker waits out the same hint.
+            # A refused request used no tokens; and every worker waits out the same hint, but
+            # never longer than the policy would wait for one request: a hint of days (or of a
+            # date in 9999) would otherwise stall the whole batch until its deadlines.
             rate.settle(permit, 0, 0)
             if info.kind is ErrorKind.RATE_LIMITED:
-                rate.cooldown(info.retry_after_s if info.retry_after_s is not None else 1.0)
+                hint = info.retry_after_s if info.retry_after_s is not None else 1.0
+                rate.cooldown(min(hint, self._retry.max_retry_after))
         elif info.status_code is not None:
             rate.settle(permit, 0, 0)
         else:
             rate.settle(permit, None, None)
 
-    def _fail(self, request_id: str, last: _AttemptFailed, start: float, attempts: int) -> Failure:
+    def _fail(
+        self, prepared: _Prepared, last: _AttemptFailed, start: float, attempts: int
+    ) -> Failure:
         info = last.info
         if last.gave_up is not None:
             info = attrs.evolve(info, message=f"{info.message} ({last.gave_up})")
+        info = _redacted(info, prepared.http)
+        request_id = prepared.request.id
         log.debug("request %s failed: %s", request_id, info.kind.value)
         return Failure(request_id, info, attempts, anyio.current_time() - start)
 
@@ -887,20 +956,13 @@ class Client:
         self, http_request: httpx2.Request, parse: Callable[[httpx2.Response], _Success]
     ) -> _Success:
         """Make one HTTP attempt; raise :class:`_AttemptFailed` on any expected failure."""
+        # The caller's cancel scope bounds the whole attempt by request_timeout: per-read and
+        # per-write timeouts would only open more scopes on the hot path.
         http_request.extensions["timeout"] = self._timeout_ext_bounded
-        with anyio.move_on_after(self._request_timeout) as scope:
-            try:
-                response = await self._send(http_request)
-            except (httpx2.HTTPError, OSError) as exc:
-                raise _AttemptFailed(classify_exception(exc)) from exc
-        if scope.cancelled_caught:
-            raise _AttemptFailed(
-                ErrorInfo(
-                    ErrorKind.TIMEOUT,
-                    f"attempt took longer than request_timeout={self._request_timeout:g}s",
-                    retryable=True,
-                )
-            )
+        try:
+            response = await self._send(http_request)
+        except (httpx2.HTTPError, OSError) as exc:
+            raise _AttemptFailed(classify_exception(exc)) from exc
         status = response.status_code
         if self._rate is not None:
             self._rate.observe(response.headers, status)
@@ -919,7 +981,9 @@ class Client:
         if direct is None:
             http = self._http
             assert http is not None
-            return await http.send(request, stream=stream)
+            # Even when the user's client follows redirects: credential headers other than
+            # Authorization (x-api-key, x-goog-api-key) would travel to the new origin.
+            return await http.send(request, stream=stream, follow_redirects=False)
         response = await direct.handle_async_request(request)
         response.request = request
         if not stream:
@@ -1012,6 +1076,52 @@ class Client:
                 raise
             raise _AttemptFailed(info) from exc
         return reader
+
+
+def _finished(
+    value: Completion | EmbeddingResult, latency_s: float, attempts: int, cost_usd: float | None
+) -> Completion | EmbeddingResult:
+    """Return *value* with its latency, attempt count and cost filled in.
+
+    ``attrs.evolve`` would run every field's validator and converter again (a streamed answer's
+    token gaps among them) for values that passed them a moment ago: copy the fields as they are.
+    """
+    cls = type(value)
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        return attrs.evolve(value, latency_s=latency_s, attempts=attempts, cost_usd=cost_usd)
+    copy = object.__new__(cls)
+    for name in names:
+        object.__setattr__(copy, name, getattr(value, name))
+    object.__setattr__(copy, "latency_s", latency_s)
+    object.__setattr__(copy, "attempts", attempts)
+    object.__setattr__(copy, "cost_usd", cost_usd)
+    return copy
+
+
+# Exactly these classes, not subclasses: a subclass may add fields or checks of its own.
+_FIELD_NAMES: Final[dict[type, tuple[str, ...]]] = {
+    cls: tuple(field.name for field in attrs.fields(cls)) for cls in (Completion, EmbeddingResult)
+}
+
+
+def _timed_out(*, deadline_passed: bool, request_timeout: float) -> NoReturn:
+    """Raise what an attempt's expired cancel scope means: the deadline, or a retryable timeout."""
+    if deadline_passed:
+        raise _DeadlinePassed
+    raise _AttemptFailed(
+        ErrorInfo(
+            ErrorKind.TIMEOUT,
+            f"attempt took longer than request_timeout={request_timeout:g}s",
+            retryable=True,
+        )
+    )
+
+
+def _redacted(info: ErrorInfo, request: httpx2.Request) -> ErrorInfo:
+    """Mask any credential of *request* that the server quoted back in its error message."""
+    message = redact(info.message, header_secrets(request.headers.multi_items()))
+    return info if message == info.message else attrs.evolve(info, message=message)
 
 
 def _parse_success(parse: Callable[[httpx2.Response], T], response: httpx2.Response) -> T:

@@ -33,6 +33,7 @@ exception. Bugs propagate unchanged.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -176,3 +177,60 @@ _BY_KIND: dict[str, type[RequestFailed]] = {
     "budget_exhausted": BudgetExhaustedError,
     "circuit_open": CircuitOpenError,
 }
+
+
+def check_number(
+    value: object,
+    name: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    above: bool = False,
+    integer: bool = False,
+    optional: bool = False,
+) -> None:
+    """Raise :class:`ConfigurationError`, naming *name*, unless *value* is a usable number.
+
+    Usable means a real number (never a bool), finite and within a float's range (so that
+    arithmetic with the clock cannot overflow), and within the bounds.
+
+    Args:
+        value: The value given.
+        name: The argument's name as the user wrote it, such as ``RetryPolicy.timeout``.
+        minimum: The lowest allowed value.
+        maximum: The highest allowed value.
+        above: Whether *minimum* itself is excluded.
+        integer: Whether the value must be an ``int``.
+        optional: Whether None is allowed.
+    """
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        kind = "an integer" if integer else "a number"
+        raise ConfigurationError(f"{name} must be {kind}, got {value!r:.100}")
+    if integer and not isinstance(value, int):
+        raise ConfigurationError(f"{name} must be an integer, got {value!r}")
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:
+        finite = False  # an int beyond a float's range
+    if not finite:
+        raise ConfigurationError(f"{name} must be a finite number, got {value!r:.100}")
+    if minimum is not None and (value <= minimum if above else value < minimum):
+        sign = ">" if above else ">="
+        raise ConfigurationError(f"{name} must be {sign} {minimum:g}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ConfigurationError(f"{name} must be <= {maximum:g}, got {value!r}")
+
+
+def check_type(value: object, name: str, expected: type | tuple[type, ...], what: str) -> None:
+    """Raise :class:`ConfigurationError`, naming *name*, unless *value* is an *expected*.
+
+    Args:
+        value: The value given.
+        name: The argument's name as the user wrote it.
+        expected: The accepted type or types.
+        what: The accepted types in words, for the message (``"a string"``).
+    """
+    if not isinstance(value, expected):
+        raise ConfigurationError(f"{name} must be {what}, got {type(value).__name__}")

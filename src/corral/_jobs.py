@@ -24,6 +24,7 @@ import anyio.lowlevel
 import attrs
 
 from ._client import Client
+from ._errors import check_number
 from ._jobs_errors import JobLockedError, JobMismatchError, OutputWriteError
 from ._jobs_ids import id_hash
 from ._jobs_input import InputScan, ScanStopped, pending_requests, scan_input
@@ -267,8 +268,14 @@ class JsonlJob:
     ) -> None:
         if not isinstance(client, Client):
             raise TypeError(f"client must be a corral.Client, got {type(client).__name__}")
-        if not (isinstance(grace, int | float) and grace >= 0):
-            raise ValueError(f"grace must be >= 0 seconds, got {grace!r}")
+        check_number(grace, "grace", minimum=0)
+        if model is not None and not isinstance(model, str):
+            raise TypeError(f"model must be a model name or None, got {type(model).__name__}")
+        if params is not None and not isinstance(params, dict):
+            raise TypeError(f"params must be a dict or None, got {type(params).__name__}")
+        for flag, value in (("retry_failed", retry_failed), ("restart", restart)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{flag} must be True or False, got {value!r:.100}")
         self._client = client
         self._input = os.fspath(input)
         self._output = os.fspath(output)

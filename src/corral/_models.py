@@ -61,9 +61,20 @@ class ErrorKind(enum.StrEnum):
     CIRCUIT_OPEN = "circuit_open"
 
 
-def _non_negative(inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None and value < 0:
-        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+def _token_count(inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if type(value) is int and value >= 0:  # the common case, checked first: every answer has five
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"Usage.{attribute.name} must be an integer >= 0, got {value!r:.100}")
+
+
+def _string_keyed(owner: str, name: str, value: Any) -> None:
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise TypeError(f"{owner}.{name} must be a dict with string keys, got {value!r:.100}")
+
+
+def _check_extra(inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    _string_keyed(type(inst).__name__, attribute.name, value)
 
 
 @attrs.frozen
@@ -81,21 +92,39 @@ class Message:
 
     role: str = attrs.field()
     content: str | list[dict[str, Any]] = attrs.field()
-    name: str | None = None
+    name: str | None = attrs.field(default=None)
     extra: dict[str, Any] = attrs.field(factory=dict)
 
     @role.validator
     def _check_role(self, attribute: attrs.Attribute[str], value: str) -> None:
-        if value not in ROLES:
-            raise ValueError(f"Message.role must be one of {sorted(ROLES)}, got {value!r}")
+        if not isinstance(value, str) or value not in ROLES:
+            raise ValueError(f"Message.role must be one of {sorted(ROLES)}, got {value!r:.100}")
 
     @content.validator
     def _check_content(self, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if not isinstance(value, str | list):
+        if isinstance(value, str):
+            return
+        if not isinstance(value, list):
             raise TypeError(
                 f"Message.content must be a string or a list of content parts, "
                 f"got {type(value).__name__}"
             )
+        for part in value:
+            # Adapters read parts with .get(): anything but a string-keyed object is an error.
+            if not isinstance(part, dict) or not all(isinstance(k, str) for k in part):
+                raise TypeError(
+                    f"Message.content parts must be objects such as "
+                    f'{{"type": "text", "text": ...}}, got {part!r:.100}'
+                )
+
+    @name.validator
+    def _check_name(self, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"Message.name must be a string or None, got {type(value).__name__}")
+
+    @extra.validator
+    def _check_extra(self, attribute: attrs.Attribute[Any], value: Any) -> None:
+        _string_keyed("Message", "extra", value)
 
     @property
     def text(self) -> str:
@@ -123,27 +152,55 @@ class Message:
 
 
 def _to_messages(value: Iterable[Message | Mapping[str, Any]]) -> tuple[Message, ...]:
-    if isinstance(value, str | bytes | Mapping):
-        raise TypeError("messages must be a sequence of Message objects or mappings")
-    return tuple(m if isinstance(m, Message) else Message.from_dict(m) for m in value)
+    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
+        raise TypeError(
+            f"messages must be a sequence of Message objects or mappings, "
+            f"got {type(value).__name__}"
+        )
+    try:
+        return tuple(m if isinstance(m, Message) else Message.from_dict(m) for m in value)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"messages: {exc}") from exc
 
 
 def _check_max_tokens(inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"max_tokens must be a positive integer, got {value!r}")
+        raise ValueError(f"max_tokens must be a positive integer, got {value!r:.100}")
 
 
 def _check_id(inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, str) or not value:
-        raise ValueError(f"id must be a non-empty string, got {value!r}")
+        raise ValueError(f"id must be a non-empty string, got {value!r:.100}")
+
+
+def _sampling(low: float, high: float) -> Any:
+    def check(inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is None:
+            return
+        ok = not isinstance(value, bool) and isinstance(value, int | float)
+        # NaN compares false both ways; json.dumps would send it as the invalid token NaN.
+        if not ok or not low <= value <= high:
+            raise ValueError(
+                f"{attribute.name} must be a number from {low:g} to {high:g}, got {value!r:.100}"
+            )
+
+    return check
 
 
 def _to_stop(value: str | Iterable[str] | None) -> tuple[str, ...] | None:
     if value is None:
         return None
-    return (value,) if isinstance(value, str) else tuple(value)
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, bytes | Mapping) or not isinstance(value, Iterable):
+        raise TypeError(f"stop must be a string or a list of strings, got {type(value).__name__}")
+    stop = tuple(value)
+    for item in stop:
+        if not isinstance(item, str):
+            raise TypeError(f"stop sequences must be strings, got {type(item).__name__}")
+    return stop
 
 
 # Body fields that ChatRequest models itself; every other OpenAI field goes to ``extra``.
@@ -178,11 +235,11 @@ class ChatRequest:
     model: str = attrs.field()
     messages: tuple[Message, ...] = attrs.field(converter=_to_messages)
     max_tokens: int | None = attrs.field(default=None, validator=_check_max_tokens, kw_only=True)
-    temperature: float | None = attrs.field(default=None, kw_only=True)
-    top_p: float | None = attrs.field(default=None, kw_only=True)
+    temperature: float | None = attrs.field(default=None, validator=_sampling(0, 2), kw_only=True)
+    top_p: float | None = attrs.field(default=None, validator=_sampling(0, 1), kw_only=True)
     stop: tuple[str, ...] | None = attrs.field(default=None, converter=_to_stop, kw_only=True)
     id: str = attrs.field(factory=_new_id, validator=_check_id, kw_only=True)
-    extra: dict[str, Any] = attrs.field(factory=dict, kw_only=True)
+    extra: dict[str, Any] = attrs.field(factory=dict, validator=_check_extra, kw_only=True)
 
     @model.validator
     def _check_model(self, attribute: attrs.Attribute[str], value: str) -> None:
@@ -236,8 +293,10 @@ class ChatRequest:
 def _to_input(value: str | Iterable[str]) -> str | tuple[str, ...]:
     if isinstance(value, str):
         return value
-    if isinstance(value, bytes | Mapping):
-        raise TypeError("input must be a string or a sequence of strings")
+    if isinstance(value, bytes | Mapping) or not isinstance(value, Iterable):
+        raise TypeError(
+            f"input must be a string or a sequence of strings, got {type(value).__name__}"
+        )
     return tuple(value)
 
 
@@ -265,7 +324,7 @@ class EmbeddingRequest:
     input: str | tuple[str, ...] = attrs.field(converter=_to_input)
     dimensions: int | None = attrs.field(default=None, validator=_check_dimensions, kw_only=True)
     id: str = attrs.field(factory=_new_id, validator=_check_id, kw_only=True)
-    extra: dict[str, Any] = attrs.field(factory=dict, kw_only=True)
+    extra: dict[str, Any] = attrs.field(factory=dict, validator=_check_extra, kw_only=True)
 
     @model.validator
     def _check_model(self, attribute: attrs.Attribute[str], value: str) -> None:
@@ -334,11 +393,11 @@ class Usage:
         reasoning_tokens: Output tokens spent on hidden reasoning.
     """
 
-    input_tokens: int = attrs.field(default=0, validator=_non_negative)
-    output_tokens: int = attrs.field(default=0, validator=_non_negative)
-    cached_input_tokens: int = attrs.field(default=0, validator=_non_negative)
-    cache_write_tokens: int = attrs.field(default=0, validator=_non_negative)
-    reasoning_tokens: int = attrs.field(default=0, validator=_non_negative)
+    input_tokens: int = attrs.field(default=0, validator=_token_count)
+    output_tokens: int = attrs.field(default=0, validator=_token_count)
+    cached_input_tokens: int = attrs.field(default=0, validator=_token_count)
+    cache_write_tokens: int = attrs.field(default=0, validator=_token_count)
+    reasoning_tokens: int = attrs.field(default=0, validator=_token_count)
 
     @property
     def total_tokens(self) -> int:
@@ -357,6 +416,27 @@ class Usage:
         )
 
 
+def _check_status(inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    # Up to 999: any three-digit status a server can put on the wire, however odd.
+    if isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 999:
+        raise ValueError(f"ErrorInfo.status_code must be an HTTP status, got {value!r:.100}")
+
+
+def _check_retry_after(inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    try:
+        ok = not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    except (TypeError, OverflowError):
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"ErrorInfo.retry_after_s must be a finite number >= 0 or None, got {value!r:.100}"
+        )
+
+
 @attrs.frozen
 class ErrorInfo:
     """What went wrong with one request.
@@ -371,11 +451,13 @@ class ErrorInfo:
     """
 
     kind: ErrorKind = attrs.field(converter=ErrorKind)
-    message: str
-    status_code: int | None = None
-    retryable: bool = False
-    retry_after_s: float | None = None
-    provider_code: str | None = None
+    message: str = attrs.field(validator=attrs.validators.instance_of(str))
+    status_code: int | None = attrs.field(default=None, validator=_check_status)
+    retryable: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    retry_after_s: float | None = attrs.field(default=None, validator=_check_retry_after)
+    provider_code: str | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(str))
+    )
 
 
 def _to_floats(value: Iterable[float]) -> tuple[float, ...]:

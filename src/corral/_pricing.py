@@ -20,7 +20,6 @@ from __future__ import annotations
 import importlib.resources
 import json
 import logging
-import math
 import re
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -30,7 +29,7 @@ from typing import Any, Final
 
 import attrs
 
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, check_number, check_type
 from ._models import Usage
 
 __all__ = ["CostBreakdown", "LongContextPrice", "ModelPrice", "Pricing"]
@@ -38,31 +37,40 @@ __all__ = ["CostBreakdown", "LongContextPrice", "ModelPrice", "Pricing"]
 _log = logging.getLogger("corral")
 
 _PER: Final = 1_000_000.0
+# Distinct model names whose resolved price is remembered (the rest are looked up each time).
+_RESOLVED_CACHE_SIZE: Final = 1024
 
 
 def _price(inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigurationError(f"price {attribute.name} must be a number, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ConfigurationError(f"price {attribute.name} must be >= 0, got {value!r}")
+    check_number(value, f"price {attribute.name}", minimum=0, optional=True)
 
 
 def _threshold(inst: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"long_context.threshold must be an integer >= 1, got {value!r}")
+    check_number(value, "long_context.threshold", minimum=1, integer=True)
 
 
-def _to_float(value: int | float) -> float:
+def _float(value: int | float, name: str) -> float:
     # Strict on purpose: a price of "2" in a file is a mistake to report, not to coerce.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigurationError(f"a price must be a number, got {value!r}")
+    check_number(value, f"price {name}", minimum=0)
     return float(value)
 
 
-def _to_optional_float(value: int | float | None) -> float | None:
-    return None if value is None else _to_float(value)
+# One converter per field, so that an error names the field (mypy's attrs plugin takes only
+# named functions as converters).
+def _input(value: int | float) -> float:
+    return _float(value, "input")
+
+
+def _output(value: int | float) -> float:
+    return _float(value, "output")
+
+
+def _cached_input(value: int | float | None) -> float | None:
+    return None if value is None else _float(value, "cached_input")
+
+
+def _cache_write(value: int | float | None) -> float | None:
+    return None if value is None else _float(value, "cache_write")
 
 
 @attrs.frozen
@@ -78,14 +86,12 @@ class LongContextPrice:
     """
 
     threshold: int = attrs.field(validator=_threshold)
-    input: float = attrs.field(converter=_to_float, validator=_price)
-    output: float = attrs.field(converter=_to_float, validator=_price)
+    input: float = attrs.field(converter=_input, validator=_price)
+    output: float = attrs.field(converter=_output, validator=_price)
     cached_input: float | None = attrs.field(
-        default=None, converter=_to_optional_float, validator=_price
+        default=None, converter=_cached_input, validator=_price
     )
-    cache_write: float | None = attrs.field(
-        default=None, converter=_to_optional_float, validator=_price
-    )
+    cache_write: float | None = attrs.field(default=None, converter=_cache_write, validator=_price)
 
 
 def _to_long_context(value: LongContextPrice | Mapping[str, Any] | None) -> LongContextPrice | None:
@@ -113,14 +119,12 @@ class ModelPrice:
         long_context: Higher rates for prompts over a threshold, if the model has them.
     """
 
-    input: float = attrs.field(converter=_to_float, validator=_price)
-    output: float = attrs.field(converter=_to_float, validator=_price)
+    input: float = attrs.field(converter=_input, validator=_price)
+    output: float = attrs.field(converter=_output, validator=_price)
     cached_input: float | None = attrs.field(
-        default=None, converter=_to_optional_float, validator=_price
+        default=None, converter=_cached_input, validator=_price
     )
-    cache_write: float | None = attrs.field(
-        default=None, converter=_to_optional_float, validator=_price
-    )
+    cache_write: float | None = attrs.field(default=None, converter=_cache_write, validator=_price)
     long_context: LongContextPrice | None = attrs.field(default=None, converter=_to_long_context)
 
     @classmethod
@@ -212,18 +216,42 @@ def _candidates(model: str) -> Iterator[str]:
 
 
 def _coerce_models(models: Mapping[str, ModelPrice | Mapping[str, Any]]) -> dict[str, ModelPrice]:
+    if not isinstance(models, Mapping):
+        raise ConfigurationError(
+            f"Pricing.models must be a mapping of model names to prices, got "
+            f"{type(models).__name__}"
+        )
     coerced: dict[str, ModelPrice] = {}
     for name, price in models.items():
         if not isinstance(name, str) or not name:
-            raise ConfigurationError(f"model names must be non-empty strings, got {name!r}")
-        coerced[name] = price if isinstance(price, ModelPrice) else ModelPrice.from_mapping(price)
+            raise ConfigurationError(
+                f"Pricing.models: model names must be non-empty strings, got {name!r}"
+            )
+        try:
+            coerced[name] = (
+                price if isinstance(price, ModelPrice) else ModelPrice.from_mapping(price)
+            )
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"Pricing.models[{name!r}]: {exc}") from exc
     return coerced
 
 
 def _coerce_fallback(value: ModelPrice | Mapping[str, Any] | None) -> ModelPrice | None:
     if value is None or isinstance(value, ModelPrice):
         return value
-    return ModelPrice.from_mapping(value)
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            f"Pricing.fallback must be a ModelPrice, a mapping or None, got {type(value).__name__}"
+        )
+    try:
+        return ModelPrice.from_mapping(value)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"Pricing.fallback: {exc}") from exc
+
+
+def _compiled(inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None:
+        check_type(value, "Pricing.compiled", str, "a date string (YYYY-MM-DD) or None")
 
 
 @attrs.frozen
@@ -249,8 +277,12 @@ class Pricing:
         factory=dict, converter=_coerce_models, hash=False
     )
     fallback: ModelPrice | None = attrs.field(default=None, converter=_coerce_fallback)
-    compiled: str | None = None
+    compiled: str | None = attrs.field(default=None, validator=_compiled)
     _warned: set[str] = attrs.field(factory=set, init=False, eq=False, repr=False, hash=False)
+    # Model name -> its resolved price: every answer is priced, and a batch uses few models.
+    _resolved: dict[str, ModelPrice | None] = attrs.field(
+        factory=dict, init=False, eq=False, repr=False, hash=False
+    )
 
     @classmethod
     def default(cls) -> Pricing:
@@ -345,7 +377,12 @@ class Pricing:
         return self.fallback
 
     def _lookup(self, model: str) -> ModelPrice | None:
+        resolved = self._resolved
+        if model in resolved:
+            return resolved[model]
         price = self.price_for(model)
+        if len(resolved) < _RESOLVED_CACHE_SIZE:
+            resolved[model] = price
         if price is None and model not in self._warned:
             self._warned.add(model)
             _log.warning(

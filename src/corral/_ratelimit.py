@@ -43,7 +43,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, check_number
 
 __all__ = [
     "LimitInfo",
@@ -79,19 +79,26 @@ def default_token_counter(text: str) -> int:
 
 
 def _optional_rate(inst: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigurationError(f"RateLimit.{attribute.name} must be a number, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigurationError(f"RateLimit.{attribute.name} must be > 0, got {value!r}")
+    check_number(value, f"RateLimit.{attribute.name}", minimum=0, above=True, optional=True)
 
 
 def _check_burst(inst: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigurationError(f"RateLimit.burst must be a number, got {value!r}")
-    if not math.isfinite(value) or not 0 < value < 60:
+    check_number(value, "RateLimit.burst", minimum=0, above=True)
+    if not value < 60:
         raise ConfigurationError(f"RateLimit.burst must be > 0 and < 60 seconds, got {value!r}")
+
+
+def _check_flag(inst: object, attribute: attrs.Attribute[bool], value: object) -> None:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"RateLimit.{attribute.name} must be True or False, got {value!r}")
+
+
+def _check_counter(inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not callable(value):
+        raise ConfigurationError(
+            f"RateLimit.token_counter must be a function of the prompt text or None, "
+            f"got {value!r:.100}"
+        )
 
 
 @attrs.frozen
@@ -133,9 +140,11 @@ class RateLimit:
     input_tokens_per_minute: float | None = attrs.field(default=None, validator=_optional_rate)
     output_tokens_per_minute: float | None = attrs.field(default=None, validator=_optional_rate)
     burst: float = attrs.field(default=1.0, validator=_check_burst)
-    learn_from_headers: bool = True
-    estimate_output: bool = True
-    token_counter: Callable[[str], int] | None = attrs.field(default=None, eq=False)
+    learn_from_headers: bool = attrs.field(default=True, validator=_check_flag)
+    estimate_output: bool = attrs.field(default=True, validator=_check_flag)
+    token_counter: Callable[[str], int] | None = attrs.field(
+        default=None, eq=False, validator=_check_counter
+    )
 
     def limits(self) -> dict[str, float]:
         """Return the configured per-minute limits by name, leaving out the unset ones."""
@@ -460,13 +469,25 @@ def parse_rate_limit_headers(
 
     limits = {
         name: LimitInfo(
-            limit=fields.get("limit") or None,
+            # Under one per minute is no limit a real service sets: believing it would pace the
+            # client to a standstill.
+            limit=limit if (limit := fields.get("limit", 0.0)) >= 1 else None,
             remaining=fields.get("remaining"),
             reset=fields.get("reset"),
         )
         for name, fields in found.items()
     }
     return RateLimitHeaders(limits)
+
+
+def _mentions_rate_limits(headers: Mapping[str, str]) -> bool:
+    """Tell cheaply whether a response carries any rate-limit header worth parsing."""
+    raw = getattr(headers, "raw", None)
+    if raw is None:
+        return True
+    # Most responses from local servers have none: a scan of the raw names beats building
+    # the lower-cased mapping that the full parse needs.
+    return any(b"ratelimit" in name.lower() for name, _ in raw)
 
 
 _DAILY_WORDS: Final = re.compile(
@@ -795,12 +816,10 @@ class RateLimiter:
         """
         input_tokens = max(int(input_tokens), 0)
         max_output_tokens = max(int(max_output_tokens), 0)
-        costs = self._core.costs(input_tokens, max_output_tokens)
         await anyio.lowlevel.checkpoint_if_cancelled()
-        # Fast path: with nobody queued, a conforming request goes straight through.
-        if self._waiting == 0 and self._core.try_acquire(self._clock(), costs) == 0.0:
-            self._admitted += 1
-            return Permit(costs, 0.0, max_output_tokens)
+        permit = self.acquire_nowait(input_tokens, max_output_tokens)
+        if permit is not None:
+            return permit
         start = self._clock()
         self._waiting += 1
         try:
@@ -826,6 +845,26 @@ class RateLimiter:
             self._delayed += 1
             self._wait_seconds += waited
         return Permit(costs, waited, max_output_tokens)
+
+    def acquire_nowait(self, input_tokens: int = 0, max_output_tokens: int = 0) -> Permit | None:
+        """Reserve one request of this size if it may be sent at once; return None if not.
+
+        Nobody queued and capacity free: the request goes straight through, as `acquire`
+        would let it. Otherwise nothing is reserved, and the caller waits with `acquire`.
+
+        Args:
+            input_tokens: The estimated prompt tokens (see `RateLimit.count_tokens`).
+            max_output_tokens: The most output tokens the request may produce, 0 if unknown.
+        """
+        if self._waiting:
+            return None
+        input_tokens = max(int(input_tokens), 0)
+        max_output_tokens = max(int(max_output_tokens), 0)
+        costs = self._core.costs(input_tokens, max_output_tokens)
+        if self._core.try_acquire(self._clock(), costs) != 0.0:
+            return None
+        self._admitted += 1
+        return Permit(costs, 0.0, max_output_tokens)
 
     def _wake(self) -> None:
         # The head of the queue re-checks after anything that may have freed capacity.
@@ -871,7 +910,7 @@ class RateLimiter:
             headers: The response headers.
             status: The response status code.
         """
-        if not self._policy.learn_from_headers:
+        if not self._policy.learn_from_headers or not _mentions_rate_limits(headers):
             return
         info = parse_rate_limit_headers(headers)
         if not info:

@@ -15,25 +15,26 @@ from typing import Final
 import attrs
 import httpx2
 
-from ._errors import ConfigurationError
+from ._errors import check_number
 from ._models import ErrorInfo, ErrorKind
 
 __all__ = ["RetryPolicy"]
 
 
 def _positive(inst: object, attribute: attrs.Attribute[float], value: float | None) -> None:
-    if value is not None and (not math.isfinite(value) or value <= 0):
-        raise ConfigurationError(f"RetryPolicy.{attribute.name} must be > 0, got {value!r}")
+    check_number(value, f"RetryPolicy.{attribute.name}", minimum=0, above=True, optional=True)
+
+
+def _positive_required(inst: object, attribute: attrs.Attribute[float], value: float) -> None:
+    check_number(value, f"RetryPolicy.{attribute.name}", minimum=0, above=True)
 
 
 def _non_negative(inst: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not math.isfinite(value) or value < 0:
-        raise ConfigurationError(f"RetryPolicy.{attribute.name} must be >= 0, got {value!r}")
+    check_number(value, f"RetryPolicy.{attribute.name}", minimum=0)
 
 
 def _check_attempts(inst: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"RetryPolicy.attempts must be an integer >= 1, got {value!r}")
+    check_number(value, "RetryPolicy.attempts", minimum=1, integer=True)
 
 
 @attrs.frozen
@@ -62,7 +63,7 @@ class RetryPolicy:
     wait_initial: float = attrs.field(default=0.5, validator=_non_negative)
     wait_max: float = attrs.field(default=30.0, validator=_non_negative)
     wait_jitter: float = attrs.field(default=1.0, validator=_non_negative)
-    wait_exp_base: float = attrs.field(default=2.0, validator=_positive)
+    wait_exp_base: float = attrs.field(default=2.0, validator=_positive_required)
     max_retry_after: float = attrs.field(default=120.0, validator=_non_negative)
 
     @classmethod
@@ -131,7 +132,11 @@ def parse_retry_after(headers: Mapping[str, str], *, now: datetime | None = None
     """Return the server's requested wait in seconds, or None when it gave no usable hint.
 
     Reads ``retry-after-ms`` (OpenAI, milliseconds) first, then ``Retry-After`` as seconds or as
-    an HTTP date. Negative, NaN, infinite and unparseable values are ignored.
+    an HTTP date. Negative, NaN, infinite and unparseable values are ignored (an unusable
+    ``retry-after-ms`` falls back to ``Retry-After``). A date in the past means 0. Long hints
+    are returned as they are: the client honours a hint only up to
+    :attr:`RetryPolicy.max_retry_after` and the request's deadline, and fails the request at
+    once, as ``rate_limited``, when the hint is longer.
 
     Args:
         headers: The response headers (case-insensitive mapping).

@@ -118,6 +118,34 @@ def _origin_str(origin: Origin) -> str:
     return f"{scheme}://{text}:{port}"
 
 
+def _check_max_connections(value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"max_connections must be an integer >= 1 or None, got {type(value).__name__}"
+        )
+    if value < 1:
+        raise ValueError(f"max_connections must be >= 1 or None, got {value!r}")
+
+
+def _check_keepalive_expiry(value: object) -> float | None:
+    """Return *value* as seconds (None for no limit), or raise naming ``keepalive_expiry``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(
+            f"keepalive_expiry must be a number of seconds >= 0 or None, got {type(value).__name__}"
+        )
+    if value != value or value < 0 or value == _INF:
+        raise ValueError(f"keepalive_expiry must be a finite number >= 0 or None, got {value!r}")
+    try:
+        return float(value)
+    except OverflowError:
+        # An integer beyond any float: longer than any process lives, so no limit.
+        return None
+
+
 def _read_error(exc: BaseException) -> httpx2.TransportError | None:
     """Translate a failure while reading a response into httpx2's vocabulary."""
     if isinstance(exc, httpx2.TransportError):
@@ -293,10 +321,8 @@ class FastTransport(httpx2.AsyncBaseTransport):
         uds: str | None = None,
         parser: ParserName = "auto",
     ) -> None:
-        if max_connections is not None and max_connections < 1:
-            raise ValueError(f"max_connections must be >= 1 or None, got {max_connections!r}")
-        if keepalive_expiry is not None and keepalive_expiry < 0:
-            raise ValueError(f"keepalive_expiry must be >= 0 or None, got {keepalive_expiry!r}")
+        _check_max_connections(max_connections)
+        keepalive_expiry = _check_keepalive_expiry(keepalive_expiry)
         if parser not in ("auto", "httptools", "h11"):
             raise ValueError(f"parser must be 'auto', 'httptools' or 'h11', got {parser!r}")
         if parser == "httptools" and not HAS_HTTPTOOLS:

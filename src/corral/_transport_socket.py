@@ -59,6 +59,7 @@ class SocketStream(anyio.abc.ByteStream):
             anyio.ClosedResourceError: This stream was closed.
         """
         sock = self._sock
+        yielded = False
         for _ in range(1_000_000):
             if self._closed:
                 raise anyio.ClosedResourceError
@@ -66,7 +67,14 @@ class SocketStream(anyio.abc.ByteStream):
                 data = sock.recv(max_bytes)
             except BlockingIOError:
                 self._ready_reads = 0
-                await anyio.wait_readable(sock)
+                if yielded:
+                    await anyio.wait_readable(sock)
+                else:
+                    # One pass through the event loop first: with other requests in flight the
+                    # answer has usually arrived by then, and that costs less than registering
+                    # the socket with the selector and taking it out again.
+                    yielded = True
+                    await anyio.lowlevel.checkpoint()
                 continue
             except OSError as exc:
                 raise anyio.BrokenResourceError from exc

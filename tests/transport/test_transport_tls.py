@@ -22,20 +22,6 @@ OK = http_response(200, b"secure")
 
 
 @pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    """A throwaway certificate authority."""
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def server_context(ca: trustme.CA) -> ssl.SSLContext:
-    """A server context with a certificate for 127.0.0.1, signed by the throwaway CA."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
-    return context
-
-
-@pytest.fixture(scope="module")
 def client_context(ca: trustme.CA) -> ssl.SSLContext:
     """A client context that trusts the throwaway CA."""
     context = ssl.create_default_context()

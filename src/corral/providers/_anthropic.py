@@ -16,17 +16,25 @@ from .._ratelimit import RateLimitHeaders, is_quota_exhausted, parse_rate_limit_
 from .._retry import should_retry_override
 from .._secret import Secret
 from ._base import (
+    PARSE_ERRORS,
     InvalidResponse,
     ProviderError,
     StreamParser,
     add_request_id,
+    as_text,
     base_headers,
+    check_api_key,
     check_base_url,
+    check_headers,
+    check_options,
     decode_json,
-    encode_json,
     error_info,
+    loads,
+    post_json,
     resolve_key,
     split_data_url,
+    token_count,
+    try_json,
 )
 
 __all__ = ["Anthropic"]
@@ -107,6 +115,9 @@ class Anthropic:
         headers: dict[str, str] | None = None,
     ) -> None:
         self._base_url = check_base_url(base_url, "Anthropic")
+        check_api_key(api_key, "Anthropic")
+        check_headers(headers, "Anthropic")
+        check_options("Anthropic", api_key_env=(api_key_env, False), version=(version, False))
         self._api_key = resolve_key(api_key, api_key_env, self._base_url, "Anthropic")
         self._version = version
         root = self._base_url[: -len("/v1")] if self._base_url.endswith("/v1") else self._base_url
@@ -174,9 +185,7 @@ class Anthropic:
         if stream:
             body["stream"] = True
             headers["accept"] = "text/event-stream"
-        return httpx2.Request(
-            "POST", self._messages_url, headers=headers, content=encode_json(body)
-        )
+        return post_json(self._messages_url, headers, body)
 
     def build_request(self, request: ChatRequest) -> httpx2.Request:
         """Build the POST to ``/v1/messages`` for *request*.
@@ -213,13 +222,13 @@ class Anthropic:
             content = _join_text(blocks)
             return Completion(
                 id=request.id,
-                model=str(data.get("model") or request.model),
+                model=as_text(data.get("model")) or request.model,
                 content=content,
                 finish_reason=_finish_reason(data.get("stop_reason")),
                 usage=parse_usage(data.get("usage")),
                 raw=data,
             )
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        except PARSE_ERRORS as exc:
             raise InvalidResponse(f"not an Anthropic message: {exc!r}") from exc
 
     def stream_parser(self, request: ChatRequest) -> StreamParser:
@@ -236,20 +245,20 @@ class Anthropic:
         Args:
             response: The read non-2xx response.
         """
-        err: Any = None
-        data: Any = None
-        try:
-            data = response.json()
-            err = data.get("error") if isinstance(data, dict) else None
-        except ValueError:
-            pass
+        data = try_json(response)
+        err = data.get("error") if isinstance(data, dict) else None
         if not isinstance(err, dict):
-            text = response.text[:200].strip()
+            text = response.content[:200].decode("utf-8", "replace").strip()
             message = f"HTTP {response.status_code}" + (f": {text}" if text else "")
             return error_info(response, message)
         typed = _error_from_object(err, response.status_code)
+        # An error type Anthropic never documented says nothing: the status decides then.
+        known = typed.provider_code in _ERROR_TYPES
         info = error_info(
-            response, typed.message, provider_code=typed.provider_code, kind_override=typed.kind
+            response,
+            typed.message,
+            provider_code=typed.provider_code,
+            kind_override=typed.kind if known else None,
         )
         if typed.provider_code in _ERROR_TYPES and should_retry_override(response.headers) is None:
             # A known type decides, whatever the status; only x-should-retry overrules it.
@@ -302,16 +311,13 @@ class AnthropicStreamParser:
         """
         if not event.data.strip():
             return ""
-        try:
-            data = json.loads(event.data)
-        except ValueError as exc:
-            raise InvalidResponse(f"stream event is not JSON: {event.data[:120]!r}") from exc
+        data = loads(event.data, "stream event")
         if not isinstance(data, dict):
             raise InvalidResponse("stream event is not a JSON object")
-        kind = data.get("type") or event.event
+        kind = as_text(data.get("type") or event.event)
         try:
             return self._handle(kind, data)
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        except PARSE_ERRORS as exc:
             raise InvalidResponse(f"bad {kind} event: {exc!r}") from exc
 
     def _handle(self, kind: str, data: dict[str, Any]) -> str:
@@ -363,16 +369,13 @@ class AnthropicStreamParser:
             block = dict(self._blocks[index])
             if index in self._tool_json:
                 text = "".join(self._tool_json[index])
-                try:
-                    block["input"] = json.loads(text) if text else {}
-                except ValueError as exc:
-                    raise InvalidResponse(f"tool input is not JSON: {text[:120]!r}") from exc
+                block["input"] = loads(text, "tool input") if text else {}
             blocks.append(block)
         raw = dict(self._message)
         raw["content"] = blocks
         return Completion(
             id=self._request.id,
-            model=str(raw.get("model") or self._request.model),
+            model=as_text(raw.get("model")) or self._request.model,
             content="".join(self._parts),
             finish_reason=_finish_reason(raw.get("stop_reason")),
             usage=parse_usage(raw.get("usage")),
@@ -392,12 +395,12 @@ def parse_usage(raw: Any) -> Usage:
     """
     if not isinstance(raw, dict):
         return Usage()
-    uncached = int(raw.get("input_tokens") or 0)
-    read = int(raw.get("cache_read_input_tokens") or 0)
-    written = int(raw.get("cache_creation_input_tokens") or 0)
+    uncached = token_count(raw, "input_tokens")
+    read = token_count(raw, "cache_read_input_tokens")
+    written = token_count(raw, "cache_creation_input_tokens")
     return Usage(
         input_tokens=uncached + read + written,
-        output_tokens=int(raw.get("output_tokens") or 0),
+        output_tokens=token_count(raw, "output_tokens"),
         cached_input_tokens=read,
         cache_write_tokens=written,
     )
@@ -406,7 +409,8 @@ def parse_usage(raw: Any) -> Usage:
 def _finish_reason(stop_reason: Any) -> str | None:
     if stop_reason is None:
         return None
-    return _STOP_REASONS.get(str(stop_reason), str(stop_reason))
+    reason = as_text(stop_reason)
+    return _STOP_REASONS.get(reason, reason)
 
 
 def _join_text(blocks: Iterable[Any]) -> str:
@@ -418,8 +422,8 @@ def _join_text(blocks: Iterable[Any]) -> str:
 def _error_from_object(err: Any, status: int | None) -> ErrorInfo:
     if not isinstance(err, dict):
         return ErrorInfo(ErrorKind.SERVER_ERROR, "error without details", status, True)
-    err_type = str(err.get("type") or "")
-    message = str(err.get("message") or err_type or "error")
+    err_type = as_text(err.get("type"))
+    message = as_text(err.get("message")) or err_type or "error"
     kind, retryable = _ERROR_TYPES.get(err_type, (ErrorKind.SERVER_ERROR, True))
     if kind is ErrorKind.BAD_REQUEST and any(p in message.lower() for p in _CONTEXT_PHRASES):
         kind = ErrorKind.CONTEXT_LENGTH

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import mimetypes
 from collections.abc import Iterable
 from typing import Any, Final
@@ -27,17 +28,26 @@ from .._ratelimit import parse_duration
 from .._retry import classify_status, parse_retry_after, should_retry_override
 from .._secret import Secret
 from ._base import (
+    PARSE_ERRORS,
     InvalidResponse,
     ProviderError,
     StreamParser,
     add_request_id,
+    as_text,
     base_headers,
+    check_api_key,
     check_base_url,
+    check_headers,
+    check_options,
     decode_json,
-    encode_json,
+    details,
     error_info,
+    loads,
+    post_json,
     resolve_key,
     split_data_url,
+    token_count,
+    try_json,
 )
 
 __all__ = ["Gemini"]
@@ -128,6 +138,9 @@ class Gemini:
         headers: dict[str, str] | None = None,
     ) -> None:
         self._base_url = check_base_url(base_url, "Gemini")
+        check_api_key(api_key, "Gemini")
+        check_headers(headers, "Gemini")
+        check_options("Gemini", api_key_env=(api_key_env, False), api_version=(api_version, False))
         self._api_key = resolve_key(
             api_key, api_key_env, self._base_url, "Gemini", fallback_env=("GOOGLE_API_KEY",)
         )
@@ -196,11 +209,10 @@ class Gemini:
         Args:
             request: The request.
         """
-        return httpx2.Request(
-            "POST",
+        return post_json(
             self._url(request.model, "generateContent"),
-            headers=self._headers(request.id),
-            content=encode_json(self.body(request)),
+            self._headers(request.id),
+            self.body(request),
         )
 
     def build_stream_request(self, request: ChatRequest) -> httpx2.Request:
@@ -211,13 +223,8 @@ class Gemini:
         """
         headers = self._headers(request.id)
         headers["accept"] = "text/event-stream"
-        return httpx2.Request(
-            "POST",
-            self._url(request.model, "streamGenerateContent"),
-            params={"alt": "sse"},
-            headers=headers,
-            content=encode_json(self.body(request)),
-        )
+        url = httpx2.URL(self._url(request.model, "streamGenerateContent"), params={"alt": "sse"})
+        return post_json(url, headers, self.body(request))
 
     def build_embedding_request(self, request: EmbeddingRequest) -> httpx2.Request:
         """Build ``embedContent`` for one text, ``batchEmbedContents`` for a sequence.
@@ -242,9 +249,7 @@ class Gemini:
             url = self._url(request.model, "batchEmbedContents")
             model = _model_path(request.model)
             body = {"requests": [{"model": model, **one(text)} for text in request.input]}
-        return httpx2.Request(
-            "POST", url, headers=self._headers(request.id), content=encode_json(body)
-        )
+        return post_json(url, self._headers(request.id), body)
 
     # -- responses ------------------------------------------------------------------------
 
@@ -269,13 +274,13 @@ class Gemini:
             parts = (candidate.get("content") or {}).get("parts") or []
             return Completion(
                 id=request.id,
-                model=str(data.get("modelVersion") or request.model),
+                model=as_text(data.get("modelVersion")) or request.model,
                 content=_join_text(parts),
                 finish_reason=_finish_reason(candidate.get("finishReason"), parts),
                 usage=parse_usage(data.get("usageMetadata")),
                 raw=data,
             )
-        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
+        except PARSE_ERRORS as exc:
             raise InvalidResponse(f"not a GenerateContentResponse: {exc!r}") from exc
 
     def stream_parser(self, request: ChatRequest) -> StreamParser:
@@ -296,12 +301,15 @@ class Gemini:
             response: The read 2xx response.
         """
         data = decode_json(response)
+        if not isinstance(data, dict):
+            raise InvalidResponse("not an embedding response: not a JSON object")
         try:
             items = data["embeddings"] if "embeddings" in data else [data["embedding"]]
-            vectors = [[float(x) for x in item["values"]] for item in items]
-            meta = data.get("usageMetadata") or {}
-            usage = Usage(input_tokens=int(meta.get("promptTokenCount") or 0))
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            vectors = [_vector(item["values"]) for item in items]
+            usage = Usage(
+                input_tokens=token_count(details(data.get("usageMetadata")), "promptTokenCount")
+            )
+        except PARSE_ERRORS as exc:
             raise InvalidResponse(f"not an embedding response: {exc!r}") from exc
         if len(vectors) != len(request.texts):
             raise InvalidResponse(
@@ -318,16 +326,12 @@ class Gemini:
         Args:
             response: The read non-2xx response.
         """
-        err: Any = None
-        try:
-            data = response.json()
-            if isinstance(data, list) and data:
-                data = data[0]  # some endpoints wrap the error in a list
-            err = data.get("error") if isinstance(data, dict) else None
-        except ValueError:
-            pass
+        data = try_json(response)
+        if isinstance(data, list) and data:
+            data = data[0]  # some endpoints wrap the error in a list
+        err = data.get("error") if isinstance(data, dict) else None
         if not isinstance(err, dict):
-            text = response.text[:200].strip()
+            text = response.content[:200].decode("utf-8", "replace").strip()
             message = f"HTTP {response.status_code}" + (f": {text}" if text else "")
             return error_info(response, message)
         typed = _error_from_object(err, response.status_code, response.headers)
@@ -384,10 +388,7 @@ class GeminiStreamParser:
         """
         if not event.data.strip():
             return ""
-        try:
-            chunk = json.loads(event.data)
-        except ValueError as exc:
-            raise InvalidResponse(f"stream chunk is not JSON: {event.data[:120]!r}") from exc
+        chunk = loads(event.data, "stream chunk")
         if not isinstance(chunk, dict):
             raise InvalidResponse("stream chunk is not a JSON object")
         if isinstance(chunk.get("error"), dict):
@@ -405,9 +406,9 @@ class GeminiStreamParser:
             text = _join_text(parts)
             self._calls.extend(p for p in parts if isinstance(p, dict) and "functionCall" in p)
             if candidate.get("finishReason"):
-                self._finish = str(candidate["finishReason"])
+                self._finish = as_text(candidate["finishReason"])
                 self._done = True
-        except (TypeError, AttributeError, IndexError) as exc:
+        except PARSE_ERRORS as exc:
             raise InvalidResponse(f"bad stream chunk: {exc!r}") from exc
         if text:
             self._parts.append(text)
@@ -436,13 +437,10 @@ class GeminiStreamParser:
                 raw[key] = self._last[key]
         if self._usage is not None:
             raw["usageMetadata"] = self._usage
-        try:
-            usage = parse_usage(self._usage)
-        except (TypeError, ValueError, AttributeError) as exc:
-            raise InvalidResponse(f"bad usageMetadata in stream: {exc!r}") from exc
+        usage = parse_usage(self._usage)
         return Completion(
             id=self._request.id,
-            model=str(self._last.get("modelVersion") or self._request.model),
+            model=as_text(self._last.get("modelVersion")) or self._request.model,
             content=content,
             finish_reason=_finish_reason(self._finish, self._calls),
             usage=usage,
@@ -463,12 +461,12 @@ def parse_usage(raw: Any) -> Usage:
     """
     if not isinstance(raw, dict):
         return Usage()
-    thoughts = int(raw.get("thoughtsTokenCount") or 0)
+    thoughts = token_count(raw, "thoughtsTokenCount")
     return Usage(
-        input_tokens=int(raw.get("promptTokenCount") or 0)
-        + int(raw.get("toolUsePromptTokenCount") or 0),
-        output_tokens=int(raw.get("candidatesTokenCount") or 0) + thoughts,
-        cached_input_tokens=int(raw.get("cachedContentTokenCount") or 0),
+        input_tokens=token_count(raw, "promptTokenCount")
+        + token_count(raw, "toolUsePromptTokenCount"),
+        output_tokens=token_count(raw, "candidatesTokenCount") + thoughts,
+        cached_input_tokens=token_count(raw, "cachedContentTokenCount"),
         reasoning_tokens=thoughts,
     )
 
@@ -479,10 +477,19 @@ def _model_path(model: str) -> str:
     return quote(path, safe="/-._~")
 
 
+def _vector(values: Any) -> list[float]:
+    if not isinstance(values, list):
+        raise TypeError("an embedding's values must be a list of numbers")
+    vector = [float(x) for x in values]
+    if not all(math.isfinite(x) for x in vector):
+        raise ValueError("an embedding has a NaN or infinite component")
+    return vector
+
+
 def _check_blocked(data: dict[str, Any]) -> None:
     feedback = data.get("promptFeedback")
     if isinstance(feedback, dict) and feedback.get("blockReason") and not data.get("candidates"):
-        reason = str(feedback["blockReason"])
+        reason = as_text(feedback["blockReason"])
         raise ProviderError(
             ErrorInfo(
                 ErrorKind.CONTENT_FILTER,
@@ -495,7 +502,7 @@ def _check_blocked(data: dict[str, Any]) -> None:
 def _join_text(parts: Iterable[Any]) -> str:
     # Thought summaries (``thought: true``) are not part of the answer.
     return "".join(
-        str(p["text"])
+        as_text(p["text"])
         for p in parts
         if isinstance(p, dict) and "text" in p and not p.get("thought")
     )
@@ -506,7 +513,8 @@ def _finish_reason(reason: Any, parts: Iterable[Any]) -> str | None:
         return None
     if reason == "STOP" and any(isinstance(p, dict) and "functionCall" in p for p in parts):
         return "tool_calls"
-    return _FINISH_REASONS.get(str(reason), str(reason).lower())
+    text = as_text(reason)
+    return _FINISH_REASONS.get(text, text.lower())
 
 
 def _retry_delay(details: Any) -> float | None:
@@ -523,9 +531,10 @@ def _retry_delay(details: Any) -> float | None:
         if isinstance(delay, dict):
             try:
                 value = float(delay.get("seconds") or 0) + float(delay.get("nanos") or 0) / 1e9
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 return None
-            return value if value >= 0 else None
+            # Like Retry-After: negative, NaN and infinite hints are no hint at all.
+            return value if math.isfinite(value) and value >= 0 else None
     return None
 
 
@@ -552,8 +561,8 @@ def _has_reason(details: Any, reason: str) -> bool:
 
 
 def _error_from_object(err: dict[str, Any], status: int | None, headers: Any) -> ErrorInfo:
-    code = str(err.get("status") or "")
-    message = str(err.get("message") or code or "error")
+    code = as_text(err.get("status"))
+    message = as_text(err.get("message")) or code or "error"
     details = err.get("details")
     kind, retryable = _STATUS_KINDS.get(code, (ErrorKind.SERVER_ERROR, True))
     if code not in _STATUS_KINDS and status is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-import json
+import math
 import sys
 from array import array
 from typing import Any, Final
@@ -23,16 +23,26 @@ from .._models import (
 from .._ratelimit import RateLimitHeaders, parse_rate_limit_headers
 from .._secret import Secret
 from ._base import (
+    PARSE_ERRORS,
     InvalidResponse,
     ProviderError,
     StreamParser,
     add_request_id,
+    as_text,
     base_headers,
+    check_api_key,
     check_base_url,
+    check_headers,
+    check_options,
     decode_json,
-    encode_json,
+    details,
     error_info,
+    loads,
+    post_json,
     resolve_key,
+    text_or_none,
+    token_count,
+    try_json,
 )
 
 __all__ = ["OpenAI"]
@@ -86,6 +96,14 @@ class OpenAI:
         headers: dict[str, str] | None = None,
     ) -> None:
         self._base_url = check_base_url(base_url, "OpenAI")
+        check_api_key(api_key, "OpenAI")
+        check_headers(headers, "OpenAI")
+        check_options(
+            "OpenAI",
+            api_key_env=(api_key_env, False),
+            organization=(organization, True),
+            project=(project, True),
+        )
         self._api_key = resolve_key(api_key, api_key_env, self._base_url, "OpenAI")
         self._chat_url = httpx2.URL(self._base_url + "/chat/completions")
         self._embeddings_url = httpx2.URL(self._base_url + "/embeddings")
@@ -155,9 +173,7 @@ class OpenAI:
         body = self.body(request)
         body.pop("stream", None)
         body.pop("stream_options", None)
-        return httpx2.Request(
-            "POST", self._chat_url, headers=self._headers(request.id), content=encode_json(body)
-        )
+        return post_json(self._chat_url, self._headers(request.id), body)
 
     def build_stream_request(self, request: ChatRequest) -> httpx2.Request:
         """Build the streaming POST to ``/chat/completions`` for *request*.
@@ -170,7 +186,7 @@ class OpenAI:
         body.setdefault("stream_options", {"include_usage": True})
         headers = self._headers(request.id)
         headers["accept"] = "text/event-stream"
-        return httpx2.Request("POST", self._chat_url, headers=headers, content=encode_json(body))
+        return post_json(self._chat_url, headers, body)
 
     def parse_response(self, request: ChatRequest, response: httpx2.Response) -> Completion:
         """Parse a chat completion.
@@ -193,13 +209,13 @@ class OpenAI:
             usage = parse_usage(data.get("usage"))
             return Completion(
                 id=request.id,
-                model=str(data.get("model") or request.model),
+                model=as_text(data.get("model")) or request.model,
                 content=content,
-                finish_reason=choice.get("finish_reason"),
+                finish_reason=text_or_none(choice.get("finish_reason")),
                 usage=usage,
                 raw=data,
             )
-        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
+        except PARSE_ERRORS as exc:
             raise InvalidResponse(f"not a chat completion: {exc!r}") from exc
 
     def stream_parser(self, request: ChatRequest) -> StreamParser:
@@ -218,17 +234,15 @@ class OpenAI:
         """
         message = f"HTTP {response.status_code}"
         code: str | None = None
-        try:
-            data = response.json()
-            err = data.get("error") if isinstance(data, dict) else None
-            if isinstance(err, dict):
-                message = str(err.get("message") or message)
-                raw_code = err.get("code") or err.get("type")
-                code = str(raw_code) if raw_code is not None else None
-            elif isinstance(err, str):
-                message = err
-        except ValueError:
-            text = response.text[:200].strip()
+        data = try_json(response)
+        err = data.get("error") if isinstance(data, dict) else None
+        if isinstance(err, dict):
+            message = as_text(err.get("message")) or message
+            code = text_or_none(err.get("code") or err.get("type"))
+        elif isinstance(err, str):
+            message = err
+        elif data is None:
+            text = response.content[:200].decode("utf-8", "replace").strip()
             if text:
                 message = f"{message}: {text}"
         kind = None
@@ -270,12 +284,7 @@ class OpenAI:
         if request.dimensions is not None:
             body["dimensions"] = request.dimensions
         body.update(request.extra)
-        return httpx2.Request(
-            "POST",
-            self._embeddings_url,
-            headers=self._headers(request.id),
-            content=encode_json(body),
-        )
+        return post_json(self._embeddings_url, self._headers(request.id), body)
 
     def parse_embedding_response(
         self, request: EmbeddingRequest, response: httpx2.Response
@@ -288,12 +297,11 @@ class OpenAI:
         """
         data = decode_json(response)
         try:
-            items = sorted(data["data"], key=lambda item: int(item.get("index", 0)))
+            items = sorted(data["data"], key=lambda item: int(item.get("index") or 0))
             vectors = [_vector(item["embedding"]) for item in items]
-            raw_usage = data.get("usage") or {}
-            usage = Usage(input_tokens=int(raw_usage.get("prompt_tokens") or 0))
-            model = str(data.get("model") or request.model)
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            usage = Usage(input_tokens=token_count(details(data.get("usage")), "prompt_tokens"))
+            model = as_text(data.get("model")) or request.model
+        except PARSE_ERRORS as exc:
             raise InvalidResponse(f"not an embeddings response: {exc!r}") from exc
         if len(vectors) != len(request.texts):
             raise InvalidResponse(
@@ -348,14 +356,17 @@ class OpenAIStreamParser:
             return ""
         if not data.strip():
             return ""
-        try:
-            chunk = json.loads(data)
-        except ValueError as exc:
-            raise InvalidResponse(f"stream chunk is not JSON: {data[:120]!r}") from exc
+        chunk = loads(data, "stream chunk")
         if not isinstance(chunk, dict):
             raise InvalidResponse("stream chunk is not a JSON object")
         if "error" in chunk:
             raise ProviderError(_stream_error(chunk["error"]))
+        try:
+            return self._take(chunk)
+        except PARSE_ERRORS as exc:
+            raise InvalidResponse(f"bad stream chunk: {exc!r}") from exc
+
+    def _take(self, chunk: dict[str, Any]) -> str:
         for key in ("id", "created", "model", "system_fingerprint"):
             if chunk.get(key) is not None:
                 self._meta[key] = chunk[key]
@@ -372,7 +383,7 @@ class OpenAIStreamParser:
             for call in delta.get("tool_calls") or ():
                 self._merge_tool_call(call)
             if choice.get("finish_reason"):
-                self._finish = choice["finish_reason"]
+                self._finish = as_text(choice["finish_reason"])
         if text:
             self._parts.append(text)
         return text
@@ -398,7 +409,7 @@ class OpenAIStreamParser:
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if self._tool_calls:
             message["tool_calls"] = [self._tool_calls[i] for i in sorted(self._tool_calls)]
-        model = str(self._meta.get("model") or self._request.model)
+        model = as_text(self._meta.get("model")) or self._request.model
         raw: dict[str, Any] = {
             "id": self._meta.get("id", ""),
             "object": "chat.completion",
@@ -410,10 +421,7 @@ class OpenAIStreamParser:
             raw["system_fingerprint"] = self._meta["system_fingerprint"]
         if self._usage is not None:
             raw["usage"] = self._usage
-        try:
-            usage = parse_usage(self._usage)
-        except (TypeError, ValueError, AttributeError) as exc:
-            raise InvalidResponse(f"bad usage in stream: {exc!r}") from exc
+        usage = parse_usage(self._usage)
         return Completion(
             id=self._request.id,
             model=model,
@@ -429,15 +437,14 @@ def _stream_error(err: Any) -> ErrorInfo:
         return ErrorInfo(ErrorKind.SERVER_ERROR, err, retryable=True)
     if not isinstance(err, dict):
         return ErrorInfo(ErrorKind.SERVER_ERROR, "error event without details", retryable=True)
-    message = str(err.get("message") or "error event in stream")
-    code = err.get("code") or err.get("type")
-    code = str(code) if code is not None else None
+    message = as_text(err.get("message")) or "error event in stream"
+    code = text_or_none(err.get("code") or err.get("type"))
     if code in _CONTEXT_CODES:
         return ErrorInfo(ErrorKind.CONTEXT_LENGTH, message, provider_code=code)
     if code in _FILTER_CODES:
         return ErrorInfo(ErrorKind.CONTENT_FILTER, message, provider_code=code)
     for candidate in (err.get("code"), err.get("type")):
-        known = _STREAM_ERROR_KINDS.get(str(candidate))
+        known = _STREAM_ERROR_KINDS.get(as_text(candidate))
         if known is not None:
             return ErrorInfo(known[0], message, retryable=known[1], provider_code=code)
     return ErrorInfo(ErrorKind.SERVER_ERROR, message, retryable=True, provider_code=code)
@@ -453,7 +460,10 @@ def _vector(value: Any) -> list[float]:
         return floats.tolist()
     if not isinstance(value, list):
         raise TypeError("an embedding must be a list of numbers or a base64 string")
-    return [float(x) for x in value]
+    vector = [float(x) for x in value]
+    if not all(math.isfinite(x) for x in vector):
+        raise ValueError("an embedding has a NaN or infinite component")
+    return vector
 
 
 def parse_usage(raw: Any) -> Usage:
@@ -467,14 +477,16 @@ def parse_usage(raw: Any) -> Usage:
     """
     if not isinstance(raw, dict):
         return Usage()
-    prompt_details = raw.get("prompt_tokens_details") or {}
-    completion_details = raw.get("completion_tokens_details") or {}
-    cached = prompt_details.get("cached_tokens")
-    if cached is None:
-        cached = raw.get("prompt_cache_hit_tokens")
+    prompt_details = details(raw.get("prompt_tokens_details"))
+    if prompt_details.get("cached_tokens") is not None:
+        cached = token_count(prompt_details, "cached_tokens")
+    else:
+        cached = token_count(raw, "prompt_cache_hit_tokens")
     return Usage(
-        input_tokens=int(raw.get("prompt_tokens") or 0),
-        output_tokens=int(raw.get("completion_tokens") or 0),
-        cached_input_tokens=int(cached or 0),
-        reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
+        input_tokens=token_count(raw, "prompt_tokens"),
+        output_tokens=token_count(raw, "completion_tokens"),
+        cached_input_tokens=cached,
+        reasoning_tokens=token_count(
+            details(raw.get("completion_tokens_details")), "reasoning_tokens"
+        ),
     )

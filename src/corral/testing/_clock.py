@@ -13,9 +13,11 @@ import asyncio
 import selectors
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
+from typing import TYPE_CHECKING, Any, Self, TypeVar, TypeVarTuple
 
 import attrs
+
+from .._errors import check_number
 
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
@@ -136,16 +138,17 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
         autojump_threshold: Real seconds to wait for I/O before jumping to the next timer.
     """
 
+    def __new__(cls, *, autojump_threshold: float = 0.0) -> Self:
+        # Checked before the loop exists: a half-built loop fails in BaseEventLoop.__del__.
+        check_number(autojump_threshold, "autojump_threshold", minimum=0)
+        return super().__new__(cls)
+
     def __init__(self, *, autojump_threshold: float = 0.0) -> None:
         self._virtual_clock = _VirtualClock()
         self._autojump_threshold = autojump_threshold
         super().__init__(
             _AutojumpSelector(selectors.DefaultSelector(), self._virtual_clock, autojump_threshold)
         )
-        if autojump_threshold < 0:
-            # Checked only now: a loop left half-built would fail in BaseEventLoop.__del__.
-            self.close()
-            raise ValueError(f"autojump_threshold must be >= 0, not {autojump_threshold!r}")
 
     @property
     def autojump_threshold(self) -> float:

@@ -220,6 +220,10 @@ class MockServer:
     )
 
     def __init__(self, config: MockConfig | None = None, **knobs: Any) -> None:
+        if config is not None and not isinstance(config, MockConfig):
+            raise TypeError(
+                f"config must be a corral.testing.MockConfig, got {type(config).__name__}"
+            )
         base = config if config is not None else MockConfig()
         self._config = attrs.evolve(base, **knobs) if knobs else base
         self._apis: dict[str, Api] = {

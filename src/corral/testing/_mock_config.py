@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime
-import math
 import random
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal, NamedTuple, TypeAlias
+from typing import Any, Literal, NamedTuple, TypeAlias
 
 import attrs
+
+from .._errors import check_number
 
 __all__ = ["LatencySpec", "MockConfig", "MockHit", "MockStatistics", "RateLimitAlgorithm"]
 
@@ -24,17 +25,29 @@ def _check_latency(_instance: object, _attribute: object, value: LatencySpec) ->
         return
     if isinstance(value, tuple):
         if len(value) != 2:
-            raise ValueError(f"latency range must be (low, high), not {value!r}")
+            raise ValueError(f"latency range must be (low, high), not {value!r:.100}")
         low, high = value
-        if not (0 <= low <= high) or math.isinf(high):
+        check_number(low, "MockConfig.latency low", minimum=0)
+        check_number(high, "MockConfig.latency high", minimum=0)
+        if not low <= high:
             raise ValueError(f"latency range must satisfy 0 <= low <= high < inf, not {value!r}")
         return
-    if not (0 <= value < math.inf):
-        raise ValueError(f"latency must be a finite number of seconds >= 0, not {value!r}")
+    check_number(value, "MockConfig.latency (seconds)", minimum=0)
 
 
 def _freeze_rates(value: Mapping[int, float]) -> Mapping[int, float]:
-    return {int(status): float(rate) for status, rate in dict(value).items()}
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"MockConfig.error_rates must be a mapping of status to rate, "
+            f"not {type(value).__name__}"
+        )
+    rates = {}
+    for status, rate in value.items():
+        if isinstance(status, bool) or not isinstance(status, int):
+            raise TypeError(f"error_rates keys must be HTTP error statuses, not {status!r:.40}")
+        check_number(rate, f"MockConfig.error_rates[{status}] (the error rate)", minimum=0)
+        rates[status] = float(rate)
+    return rates
 
 
 def _check_rates(_instance: object, _attribute: object, value: Mapping[int, float]) -> None:
@@ -48,7 +61,19 @@ def _check_rates(_instance: object, _attribute: object, value: Mapping[int, floa
 
 
 def _freeze_outages(value: Sequence[tuple[float, float]]) -> tuple[tuple[float, float], ...]:
-    return tuple((float(start), float(end)) for start, end in value)
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise TypeError(
+            f"MockConfig.outages must be a sequence of (start, end) windows, "
+            f"not {type(value).__name__}"
+        )
+    windows = []
+    for window in value:
+        if not isinstance(window, Sequence) or isinstance(window, str | bytes) or len(window) != 2:
+            raise TypeError(f"an outage window must be a (start, end) pair, not {window!r:.60}")
+        for edge in window:
+            check_number(edge, "MockConfig.outages: an outage window's edge", minimum=0)
+        windows.append((float(window[0]), float(window[1])))
+    return tuple(windows)
 
 
 def _check_outages(
@@ -62,16 +87,47 @@ def _check_outages(
 def _positive_or_none(
     _instance: object, attribute: attrs.Attribute[int | None], value: int | None
 ) -> None:
-    if value is not None and value <= 0:
-        raise ValueError(f"{attribute.name} must be positive or None, not {value!r}")
+    check_number(value, f"MockConfig.{attribute.name}", minimum=1, integer=True, optional=True)
+
+
+def _number(
+    *, minimum: float, maximum: float | None = None, integer: bool = False
+) -> Callable[[object, attrs.Attribute[Any], Any], None]:
+    def check(_instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        check_number(
+            value, f"MockConfig.{attribute.name}", minimum=minimum, maximum=maximum, integer=integer
+        )
+
+    return check
+
+
+def _flag(_instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"MockConfig.{attribute.name} must be True or False, not {value!r:.40}")
+
+
+def _seed(_instance: object, _attribute: object, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"MockConfig.seed must be an integer, not {value!r:.40}")
+
+
+def _key(_instance: object, _attribute: object, value: Any) -> None:
+    if value is not None and not isinstance(value, str):
+        # Never repeat the value: it may be a real key passed by mistake.
+        raise TypeError(f"MockConfig.api_key must be a string or None, not {type(value).__name__}")
 
 
 def _aware_or_none(_instance: object, _attribute: object, value: datetime.datetime | None) -> None:
-    if value is not None and value.tzinfo is None:
+    if value is None:
+        return
+    if not isinstance(value, datetime.datetime):
+        raise TypeError(f"clock_origin must be a datetime or None, not {type(value).__name__}")
+    if value.tzinfo is None:
         raise ValueError("clock_origin must be timezone-aware")
 
 
-_probability = attrs.validators.and_(attrs.validators.ge(0.0), attrs.validators.le(1.0))
+_probability = _number(minimum=0.0, maximum=1.0)
+_seconds = _number(minimum=0.0)
 
 
 @attrs.frozen(kw_only=True)
@@ -116,12 +172,12 @@ class MockConfig:
     """
 
     latency: LatencySpec = attrs.field(default=0.0, validator=_check_latency)
-    chunk_delay: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
+    chunk_delay: float = attrs.field(default=0.0, validator=_seconds)
     error_rates: Mapping[int, float] = attrs.field(
         factory=dict, converter=_freeze_rates, validator=_check_rates
     )
-    retry_after: float = attrs.field(default=1.0, validator=attrs.validators.ge(0.0))
-    seed: int = 0
+    retry_after: float = attrs.field(default=1.0, validator=_seconds)
+    seed: int = attrs.field(default=0, validator=_seed)
     requests_per_minute: int | None = attrs.field(default=None, validator=_positive_or_none)
     tokens_per_minute: int | None = attrs.field(default=None, validator=_positive_or_none)
     input_tokens_per_minute: int | None = attrs.field(default=None, validator=_positive_or_none)
@@ -134,13 +190,13 @@ class MockConfig:
     )
     daily_quota: int | None = attrs.field(default=None, validator=_positive_or_none)
     stall_rate: float = attrs.field(default=0.0, validator=_probability)
-    stall_seconds: float = attrs.field(default=3600.0, validator=attrs.validators.ge(0.0))
+    stall_seconds: float = attrs.field(default=3600.0, validator=_seconds)
     drop_rate: float = attrs.field(default=0.0, validator=_probability)
     truncate_rate: float = attrs.field(default=0.0, validator=_probability)
-    api_key: str | None = attrs.field(default=None, repr=False)
-    context_window: int = attrs.field(default=1_000_000, validator=attrs.validators.gt(0))
+    api_key: str | None = attrs.field(default=None, repr=False, validator=_key)
+    context_window: int = attrs.field(default=1_000_000, validator=_number(minimum=1, integer=True))
     clock_origin: datetime.datetime | None = attrs.field(default=None, validator=_aware_or_none)
-    record_hits: bool = True
+    record_hits: bool = attrs.field(default=True, validator=_flag)
 
 
 class MockHit(NamedTuple):
