@@ -29,6 +29,8 @@ import anyio.lowlevel
 # floods us cannot starve the other tasks or delay a cancellation indefinitely.
 _YIELD_EVERY: Final = 16
 _HAPPY_EYEBALLS_DELAY: Final = 0.25
+# Reads that wait for the selector at once after a pass through the event loop came up empty.
+_PATIENCE: Final = 8
 
 _Address = tuple[int, Any]
 
@@ -40,12 +42,15 @@ class SocketStream(anyio.abc.ByteStream):
         sock: The socket; closed with the stream.
     """
 
-    __slots__ = ("_closed", "_ready_reads", "_sock")
+    __slots__ = ("_closed", "_patience", "_ready_reads", "_sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._closed = False
         self._ready_reads = 0
+        # 0: the last pass through the event loop found the data there, so try that first again.
+        # Else the number of waits left before trying it once more.
+        self._patience = 0
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         """Return the next bytes the peer sent, waiting for them if needed.
@@ -68,6 +73,12 @@ class SocketStream(anyio.abc.ByteStream):
             except BlockingIOError:
                 self._ready_reads = 0
                 if yielded:
+                    # The pass through the loop was not enough: wait properly, and skip the
+                    # pass for the next few reads (a slow server, or a quiet loop).
+                    self._patience = _PATIENCE
+                    await anyio.wait_readable(sock)
+                elif self._patience:
+                    self._patience -= 1
                     await anyio.wait_readable(sock)
                 else:
                     # One pass through the event loop first: with other requests in flight the
