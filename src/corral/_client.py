@@ -11,6 +11,7 @@ from types import TracebackType
 from typing import Any, Final, Literal, NoReturn, Self, TypeVar, overload
 
 import anyio
+import anyio.lowlevel
 import attrs
 import httpx2
 import stamina
@@ -86,6 +87,14 @@ class _AttemptFailed(Exception):
 
 class _DeadlinePassed(Exception):
     """The request's deadline passed during an attempt or while waiting to send one."""
+
+
+class _LimitReached(Exception):
+    """The transport gave up at the attempt's limit (its "deadline" extension)."""
+
+
+#: The timeout extension of an attempt that the transport bounds by its "deadline" extension.
+_NO_TIMEOUTS: Final[dict[str, float | None]] = {}
 
 
 class _Prepared:
@@ -217,6 +226,7 @@ class Client:
         "_breakers",
         "_budget",
         "_budget_policy",
+        "_clock",
         "_direct",
         "_estimate_tokens",
         "_failed",
@@ -315,8 +325,9 @@ class Client:
             "write": self._request_timeout,
             "pool": self._request_timeout,
         }
-        # A whole attempt already runs under move_on_after(request_timeout): per-read and
-        # per-write timeouts would only open more cancel scopes on the hot path.
+        # A whole attempt is already bounded by request_timeout (a cancel scope around it, or
+        # the "deadline" extension): per-read and per-write timeouts would only open more
+        # cancel scopes on the hot path.
         self._timeout_ext_bounded = {
             "connect": self._request_timeout,
             "read": None,
@@ -336,6 +347,9 @@ class Client:
         # Set when corral owns the HTTP stack: attempts then go straight to the transport.
         self._direct: httpx2.AsyncBaseTransport | None = None
         self._limiter: anyio.CapacityLimiter | None = None
+        # anyio's clock; while open, the backend's own function (anyio.current_time looks the
+        # backend up on every call, several times per request).
+        self._clock: Callable[[], float] = anyio.current_time
         self._open = False
         self._in_flight = 0
         self._started = 0
@@ -380,12 +394,15 @@ class Client:
                 self._http = httpx2.AsyncClient(
                     timeout=self._request_timeout, limits=limits, follow_redirects=False
                 )
+        self._clock = anyio.lowlevel.current_token().backend_class.current_time
         self._limiter = anyio.CapacityLimiter(self._max_concurrency)
         if self._adaptive_policy is not None:
-            self._adaptive = AdaptiveLimiter(self._adaptive_policy, self._limiter)
-        self._rate = RateLimiter(self._rate_policy)
+            self._adaptive = AdaptiveLimiter(
+                self._adaptive_policy, self._limiter, clock=self._clock
+            )
+        self._rate = RateLimiter(self._rate_policy, clock=self._clock)
         if self._breaker_policy is not None:
-            self._breakers = BreakerRegistry(self._breaker_policy)
+            self._breakers = BreakerRegistry(self._breaker_policy, clock=self._clock)
         if self._budget_policy is not None:
             self._budget = BudgetTracker(self._budget_policy)
         self._open = True
@@ -487,7 +504,7 @@ class Client:
             self._in_flight += 1
             reservation: Reservation | None = None
             try:
-                start = anyio.current_time()
+                start = self._clock()
                 budgeted = await self._reserve_budget(prepared)
                 if isinstance(budgeted, Failure):
                     self._failed += 1
@@ -538,7 +555,7 @@ class Client:
         limiter = self._require_open()
         if stream:
             self._require_streaming()
-        collector = StatisticsCollector(anyio.current_time())
+        collector = StatisticsCollector(self._clock())
         results: list[Result | None] = []
 
         async def deliver(index: int, result: Result) -> None:
@@ -555,7 +572,7 @@ class Client:
         done = tuple(r for r in results if r is not None)
         if len(done) != len(results):  # pragma: no cover - would be a bug in admit()
             raise AssertionError("a request produced no result")
-        return BatchResult(done, collector.snapshot(anyio.current_time()))
+        return BatchResult(done, collector.snapshot(self._clock()))
 
     @asynccontextmanager
     async def stream(
@@ -577,7 +594,7 @@ class Client:
         if stream:
             self._require_streaming()
         send, receive = anyio.create_memory_object_stream[Result](self._max_concurrency)
-        collector = StatisticsCollector(anyio.current_time())
+        collector = StatisticsCollector(self._clock())
         execute = partial(self._execute, stream=stream)
 
         async def deliver(index: int, result: Result) -> None:
@@ -732,7 +749,7 @@ class Client:
 
     async def _with_attempts(self, prepared: _Prepared) -> Result:
         request = prepared.request
-        start = anyio.current_time()
+        start = self._clock()
         attempt: Callable[[], Awaitable[Completion | EmbeddingResult]]
         if prepared.mode == _STREAM:
             attempt = partial(self._streamed_attempt, prepared, start)
@@ -753,7 +770,7 @@ class Client:
             return outcome
         value, attempts = outcome
         cost = self._pricing.cost(value.model or request.model, value.usage)
-        return _finished(value, anyio.current_time() - start, attempts, cost)
+        return _finished(value, self._clock() - start, attempts, cost)
 
     async def _with_retries(
         self, prepared: _Prepared, start: float, attempt: Callable[[], Awaitable[T]]
@@ -765,7 +782,12 @@ class Client:
         # A whole non-streamed attempt runs under request_timeout; a stream bounds only its
         # wait for the first delta (in _open_stream), never the reading of a long answer.
         bounded = prepared.mode != _STREAM
+        # corral's own transport ends an attempt's waits at its limit itself (the request's
+        # "deadline" extension), which spares a cancel scope per attempt; other transports
+        # run the attempt inside one.
+        extensions = prepared.http.extensions if bounded and self._direct is not None else None
         request_timeout = self._request_timeout
+        clock = self._clock
         attempts = 0
         last: _AttemptFailed | None = None
         # `is not None`: an empty registry is falsy (it has a __len__) until its first circuit.
@@ -784,17 +806,28 @@ class Client:
                 admission, permit = await self._wait_to_send(breaker, rate, prepared, deadline)
             attempts += 1
             self._attempts += 1
-            began = anyio.current_time()
+            began = clock()
             outcome: str | None = None  # the error kind's value; None for a success
             sent = True
-            # One cancel scope per attempt: the request's deadline, or the attempt's own
-            # timeout when that comes first. Waiting above is bounded by the deadline alone.
+            # The attempt's limit: the request's deadline, or the attempt's own timeout when
+            # that comes first. Waiting above is bounded by the deadline alone.
             limit = min(deadline, began + request_timeout) if bounded else deadline
             try:
-                with anyio.CancelScope(deadline=limit) as scope:
-                    value = await attempt()
-                if scope.cancelled_caught:
-                    _timed_out(deadline_passed=limit >= deadline, request_timeout=request_timeout)
+                if extensions is not None:
+                    extensions["deadline"] = limit
+                    try:
+                        value = await attempt()
+                    except _LimitReached:
+                        _timed_out(
+                            deadline_passed=limit >= deadline, request_timeout=request_timeout
+                        )
+                else:
+                    with anyio.CancelScope(deadline=limit) as scope:
+                        value = await attempt()
+                    if scope.cancelled_caught:
+                        _timed_out(
+                            deadline_passed=limit >= deadline, request_timeout=request_timeout
+                        )
             except _AttemptFailed as exc:
                 outcome = exc.info.kind.value
                 if rate is not None and permit is not None:
@@ -813,7 +846,7 @@ class Client:
                 if breaker is not None and admission is not None:
                     breaker.record(admission, outcome_for_kind(outcome))
                 if adaptive is not None and sent:
-                    adaptive.record(signal_for_kind(outcome), anyio.current_time() - began)
+                    adaptive.record(signal_for_kind(outcome), clock() - began)
             if rate is not None and permit is not None:
                 usage = getattr(value, "usage", None)
                 if usage is None:
@@ -832,7 +865,7 @@ class Client:
             hint = exc.info.retry_after_s
             if hint is None:
                 return True
-            remaining = deadline - anyio.current_time()
+            remaining = deadline - self._clock()
             if hint > policy.max_retry_after or hint >= remaining:
                 limit = "max_retry_after" if hint > policy.max_retry_after else "the deadline"
                 exc.gave_up = f"server asked to retry after {hint:g}s, beyond {limit}"
@@ -925,7 +958,7 @@ class Client:
             retry_after_s=last.info.retry_after_s if last is not None else None,
         )
         info = _redacted(info, prepared.http)
-        return Failure(prepared.request.id, info, attempts, anyio.current_time() - start)
+        return Failure(prepared.request.id, info, attempts, self._clock() - start)
 
     def _after_refusal(self, rate: RateLimiter, permit: Any, info: ErrorInfo) -> None:
         if info.status_code == 429:
@@ -950,17 +983,24 @@ class Client:
         info = _redacted(info, prepared.http)
         request_id = prepared.request.id
         log.debug("request %s failed: %s", request_id, info.kind.value)
-        return Failure(request_id, info, attempts, anyio.current_time() - start)
+        return Failure(request_id, info, attempts, self._clock() - start)
 
     async def _attempt(
         self, http_request: httpx2.Request, parse: Callable[[httpx2.Response], _Success]
     ) -> _Success:
         """Make one HTTP attempt; raise :class:`_AttemptFailed` on any expected failure."""
-        # The caller's cancel scope bounds the whole attempt by request_timeout: per-read and
-        # per-write timeouts would only open more scopes on the hot path.
-        http_request.extensions["timeout"] = self._timeout_ext_bounded
+        # The attempt's limit (a cancel scope around it, or the "deadline" extension that
+        # corral's transport honours) bounds it as a whole: per-read and per-write timeouts
+        # would only open more scopes on the hot path.
+        extensions = http_request.extensions
+        bounded_here = "deadline" in extensions
+        extensions["timeout"] = _NO_TIMEOUTS if bounded_here else self._timeout_ext_bounded
         try:
             response = await self._send(http_request)
+        except httpx2.TimeoutException as exc:
+            if bounded_here:
+                raise _LimitReached from exc
+            raise _AttemptFailed(classify_exception(exc)) from exc
         except (httpx2.HTTPError, OSError) as exc:
             raise _AttemptFailed(classify_exception(exc)) from exc
         status = response.status_code

@@ -69,6 +69,8 @@ def _token_count(inst: object, attribute: attrs.Attribute[Any], value: Any) -> N
 
 
 def _string_keyed(owner: str, name: str, value: Any) -> None:
+    if type(value) is dict and not value:  # the common case, checked first: nothing extra
+        return
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise TypeError(f"{owner}.{name} must be a dict with string keys, got {value!r:.100}")
 
@@ -140,19 +142,27 @@ class Message:
         Args:
             data: The mapping; keys other than role, content and name go to ``extra``.
         """
-        if not isinstance(data, Mapping):
+        # type() first: the ABC check costs more than the rest of a plain dict's conversion.
+        if type(data) is not dict and not isinstance(data, Mapping):
             raise TypeError(f"a message must be a Message or a mapping, got {type(data).__name__}")
         if "role" not in data:
             raise ValueError("a message mapping needs a 'role' key")
         content = data.get("content")
         if content is None:
             content = ""
-        extra = {k: v for k, v in data.items() if k not in ("role", "content", "name")}
+        if len(data) == 2 and content:
+            extra = {}  # {"role", "content"}: nothing else to keep
+        else:
+            extra = {k: v for k, v in data.items() if k not in ("role", "content", "name")}
         return cls(role=data["role"], content=content, name=data.get("name"), extra=extra)
 
 
 def _to_messages(value: Iterable[Message | Mapping[str, Any]]) -> tuple[Message, ...]:
-    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
+    # type() first: a list or a tuple needs none of the ABC checks below.
+    kind = type(value)
+    if (kind is not list and kind is not tuple) and (
+        isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable)
+    ):
         raise TypeError(
             f"messages must be a sequence of Message objects or mappings, "
             f"got {type(value).__name__}"

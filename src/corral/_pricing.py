@@ -181,6 +181,21 @@ class CostBreakdown:
         return self.input_usd + self.cached_input_usd + self.cache_write_usd + self.output_usd
 
 
+def _parts(price: ModelPrice, usage: Usage) -> tuple[float, float, float, float]:
+    """Return the USD cost of uncached input, cached input, cache writes and output."""
+    prompt = max(usage.input_tokens, 0)
+    cached = max(usage.cached_input_tokens, 0)
+    written = max(usage.cache_write_tokens, 0)
+    uncached = max(prompt - cached - written, 0)
+    rate_in, rate_cached, rate_write, rate_out = price.rates(prompt)
+    return (
+        uncached * rate_in / _PER,
+        cached * rate_cached / _PER,
+        written * rate_write / _PER,
+        max(usage.output_tokens, 0) * rate_out / _PER,
+    )
+
+
 # Model-name variants that price like their base model: provider prefixes ("openai/gpt-4o",
 # "models/gemini-2.5-pro") and dated or aliased suffixes ("gpt-4o-2024-08-06",
 # "claude-3-5-haiku-20241022", "claude-sonnet-4@20250514", "claude-3-5-sonnet-latest").
@@ -402,17 +417,7 @@ class Pricing:
         price = self._lookup(model)
         if price is None:
             return None
-        prompt = max(usage.input_tokens, 0)
-        cached = max(usage.cached_input_tokens, 0)
-        written = max(usage.cache_write_tokens, 0)
-        uncached = max(prompt - cached - written, 0)
-        rate_in, rate_cached, rate_write, rate_out = price.rates(prompt)
-        return CostBreakdown(
-            input_usd=uncached * rate_in / _PER,
-            cached_input_usd=cached * rate_cached / _PER,
-            cache_write_usd=written * rate_write / _PER,
-            output_usd=max(usage.output_tokens, 0) * rate_out / _PER,
-        )
+        return CostBreakdown(*_parts(price, usage))
 
     def cost(self, model: str, usage: Usage) -> float | None:
         """Return the cost of one request in USD, or None if the model has no known price.
@@ -421,8 +426,12 @@ class Pricing:
             model: The model that served the request.
             usage: Its normalised usage (`corral.Usage`).
         """
-        parts = self.breakdown(model, usage)
-        return None if parts is None else parts.total_usd
+        price = self._lookup(model)
+        if price is None:
+            return None
+        # breakdown()'s sum without its value object: this runs for every answer.
+        fresh, cached, written, output = _parts(price, usage)
+        return fresh + cached + written + output
 
     def worst_case_cost(
         self, model: str, input_tokens: int, max_tokens: int | None

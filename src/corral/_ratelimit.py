@@ -246,17 +246,27 @@ class _GCRA:
         """Return how long a request of `cost` must wait, 0.0 if it conforms now."""
         if cost <= 0:
             return 0.0
-        if cost > self._capacity and self._capacity < self._max_capacity:
-            self._largest = cost
-            self._reconfigure(now, self.per_minute)
-        allow_at = self._base(now, cost) + cost * self._interval - self._tolerance
-        wait = allow_at - now
+        if cost > self._capacity:
+            if self._capacity < self._max_capacity:
+                self._largest = cost
+                self._reconfigure(now, self.per_minute)
+            base = self._base(now, cost)
+        else:
+            # The common case, inlined from _base: no excess to bank.
+            tat = self._tat
+            base = tat if tat > now else now
+        wait = base + cost * self._interval - self._tolerance - now
         return wait if wait > _EPSILON else 0.0
 
     def commit(self, now: float, cost: float) -> None:
         """Charge `cost` to the cell; call only after `wait_time` returned 0."""
         if cost > 0:
-            self._tat = self._base(now, cost) + cost * self._interval
+            if cost > self._capacity:
+                base = self._base(now, cost)
+            else:
+                tat = self._tat
+                base = tat if tat > now else now
+            self._tat = base + cost * self._interval
 
     def try_acquire(self, now: float, cost: float) -> float:
         """Admit a request of `cost` and return 0.0, or return the wait and change nothing."""
@@ -487,7 +497,7 @@ def _mentions_rate_limits(headers: Mapping[str, str]) -> bool:
         return True
     # Most responses from local servers have none: a scan of the raw names beats building
     # the lower-cased mapping that the full parse needs.
-    return any(b"ratelimit" in name.lower() for name, _ in raw)
+    return b"ratelimit" in b"\n".join([name for name, _ in raw]).lower()
 
 
 _DAILY_WORDS: Final = re.compile(
@@ -642,11 +652,14 @@ class _RateLimiterCore:
     def try_acquire(self, now: float, costs: Mapping[str, float]) -> float:
         """Admit a request costing `costs` and return 0.0, or return the wait and change nothing."""
         wait = self.paused_until - now
-        for name, cell in self._cells.items():
-            wait = max(wait, cell.wait_time(now, costs.get(name, 0.0)))
+        cells = self._cells.items()
+        for name, cell in cells:
+            cell_wait = cell.wait_time(now, costs.get(name, 0.0))
+            if cell_wait > wait:
+                wait = cell_wait
         if wait > _EPSILON:
             return wait
-        for name, cell in self._cells.items():
+        for name, cell in cells:
             cell.commit(now, costs.get(name, 0.0))
         return 0.0
 

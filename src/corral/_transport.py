@@ -36,7 +36,7 @@ from ._http11 import (
     encode_chunk,
     encode_request_head,
 )
-from ._transport_pool import Connection, ConnectionPool, Origin, close_stream
+from ._transport_pool import Connection, ConnectionPool, Origin, close_stream, within
 from ._transport_socket import SocketStream, open_tcp_socket
 
 __all__ = ["FastTransport", "OriginStatistics", "TransportStatistics"]
@@ -144,6 +144,19 @@ def _check_keepalive_expiry(value: object) -> float | None:
     except OverflowError:
         # An integer beyond any float: longer than any process lives, so no limit.
         return None
+
+
+def _check_deadline(value: object) -> float:
+    """Return a request's ``deadline`` extension as a float, or raise naming the fix."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value == value:
+        try:
+            return float(value)
+        except OverflowError:  # an int past float's range: later than any clock reading
+            return _INF if value > 0 else -_INF
+    raise TypeError(
+        f"the request's 'deadline' extension must be a time on anyio's clock "
+        f"(anyio.current_time() + seconds), got {value!r}"
+    )
 
 
 def _read_error(exc: BaseException) -> httpx2.TransportError | None:
@@ -290,7 +303,11 @@ class FastTransport(httpx2.AsyncBaseTransport):
 
     Timeouts come from the request's ``timeout`` extension, which ``httpx2.AsyncClient`` sets:
     ``connect``, ``read`` (per read), ``write`` (per write) and ``pool`` (waiting for a free
-    connection).
+    connection). A ``deadline`` extension, a time on anyio's clock
+    (``anyio.current_time()``), bounds the whole exchange on top of them, body included:
+    whatever is waiting when it passes raises the matching timeout error. It costs a cancel
+    scope only when a wait really happens, where a scope around the call costs one every time;
+    corral's Client bounds its attempts this way.
 
     Args:
         max_connections: The most connections open at once, all origins together; None for no
@@ -374,7 +391,11 @@ class FastTransport(httpx2.AsyncBaseTransport):
             self._delegated += 1
             return await delegate.handle_async_request(request)
 
-        timeout = request.extensions.get("timeout")
+        extensions = request.extensions
+        deadline = extensions.get("deadline", _INF)
+        if type(deadline) is not float:
+            deadline = _check_deadline(deadline)
+        timeout = extensions.get("timeout")
         if timeout:
             connect_timeout = timeout.get("connect")
             read_timeout = timeout.get("read")
@@ -392,7 +413,9 @@ class FastTransport(httpx2.AsyncBaseTransport):
         except httpx2.RequestNotRead:
             body = None
 
-        conn = await self._pool.checkout(origin, pool_timeout, connect_timeout)
+        conn = await self._pool.checkout(origin, pool_timeout, connect_timeout, deadline)
+        if conn.socket is not None:
+            conn.socket.deadline = deadline
         self._requests += 1
         parser: ResponseParser
         if self._httptools and method != b"HEAD":
@@ -462,6 +485,11 @@ class FastTransport(httpx2.AsyncBaseTransport):
                         if not 0.0 <= deadline - write_deadline <= _DEADLINE_SLACK:
                             scope.deadline = deadline
                     await self._read_head(stream, parser, scope, read_timeout)
+        except TimeoutError as exc:
+            # The socket's wait ran into the request's deadline.
+            if writing:
+                raise httpx2.WriteTimeout(f"Timed out writing the request: {exc}") from exc
+            raise httpx2.ReadTimeout(f"Timed out waiting for the response: {exc}") from exc
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             if writing:
                 raise httpx2.WriteError(
@@ -534,15 +562,18 @@ class FastTransport(httpx2.AsyncBaseTransport):
 
     # Connections.
 
-    async def _connect(self, origin: Origin, connect_timeout: float | None) -> Connection:
+    async def _connect(
+        self, origin: Origin, connect_timeout: float | None, deadline: float
+    ) -> Connection:
         scheme, raw_host, port = origin
         host = raw_host.decode("ascii")
         tls = scheme == "https"
         if port is None:
             port = 443 if tls else 80
         try:
-            with anyio.fail_after(connect_timeout):
-                stream: anyio.abc.ByteStream = SocketStream(await open_tcp_socket(host, port))
+            with anyio.fail_after(within(connect_timeout, deadline)):
+                raw = SocketStream(await open_tcp_socket(host, port))
+                stream: anyio.abc.ByteStream = raw
                 if tls:
                     try:
                         stream = await TLSStream.wrap(
@@ -555,14 +586,16 @@ class FastTransport(httpx2.AsyncBaseTransport):
                         await close_stream(stream)
                         raise
         except TimeoutError as exc:
+            past = connect_timeout is None or anyio.current_time() >= deadline
+            limit = "the deadline" if past else f"{connect_timeout} s"
             raise httpx2.ConnectTimeout(
-                f"Timed out connecting to {_origin_str(origin)} ({connect_timeout} s)"
+                f"Timed out connecting to {_origin_str(origin)} ({limit})"
             ) from exc
         except (OSError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
             raise httpx2.ConnectError(
                 f"Cannot connect to {_origin_str(origin)}: {exc or type(exc).__name__}"
             ) from exc
-        return Connection(stream, origin)
+        return Connection(stream, origin, raw)
 
     def _get_ssl_context(self) -> ssl.SSLContext:
         if self._ssl_context is None:

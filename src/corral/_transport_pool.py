@@ -9,6 +9,7 @@ something unasked), and it is closed and replaced before any byte of the request
 
 from __future__ import annotations
 
+import math
 import select
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,7 @@ import anyio.abc
 import httpx2
 
 from ._http11 import HttptoolsParser
+from ._transport_socket import SocketStream
 
 Origin = tuple[str, bytes, int | None]
 """Scheme, ASCII host and port (None for the scheme's default) of a connection's server."""
@@ -48,13 +50,35 @@ async def close_stream(stream: anyio.abc.AsyncResource) -> None:
         await anyio.aclose_forcefully(stream)
 
 
+def within(timeout: float | None, deadline: float) -> float | None:
+    """Return the seconds left for a wait bounded by *timeout* and by *deadline*, or None.
+
+    Args:
+        timeout: Seconds allowed for the wait; None for no bound.
+        deadline: When (on anyio's clock) the request must be done; ``math.inf`` for never.
+    """
+    if deadline == math.inf:
+        return timeout
+    left = deadline - anyio.current_time()
+    return left if timeout is None else min(timeout, left)
+
+
 class Connection:
-    """One HTTP/1.1 connection: its byte stream and its pool bookkeeping."""
+    """One HTTP/1.1 connection: its byte stream and its pool bookkeeping.
 
-    __slots__ = ("_raw_socket", "idle_since", "origin", "parser", "requests", "stream")
+    Args:
+        stream: What requests are written to and read from (TLS over *socket*, or *socket*).
+        origin: The server.
+        socket: The TCP stream underneath, whose waits end at a request's deadline.
+    """
 
-    def __init__(self, stream: anyio.abc.ByteStream, origin: Origin) -> None:
+    __slots__ = ("_raw_socket", "idle_since", "origin", "parser", "requests", "socket", "stream")
+
+    def __init__(
+        self, stream: anyio.abc.ByteStream, origin: Origin, socket: SocketStream | None = None
+    ) -> None:
         self.stream = stream
+        self.socket = socket
         self.origin = origin
         self.idle_since = 0.0
         self.requests = 0
@@ -105,14 +129,15 @@ class _Waiter:
         self.granted = False
 
 
-Connector = Callable[[Origin, float | None], Awaitable[Connection]]
+Connector = Callable[[Origin, float | None, float], Awaitable[Connection]]
 
 
 class ConnectionPool:
     """Keep-alive connections per origin, bounded in number, handed out FIFO when scarce.
 
     Args:
-        connect: Opens a new connection to an origin within a timeout; raises httpx2 errors.
+        connect: Opens a new connection to an origin within a timeout and before a deadline;
+            raises httpx2 errors.
         max_connections: The most connections open at once, over all origins; None for no bound.
         keepalive_expiry: Seconds an idle connection may wait for reuse; None for no limit.
     """
@@ -157,7 +182,11 @@ class ConnectionPool:
         return self._closed
 
     async def checkout(
-        self, origin: Origin, pool_timeout: float | None, connect_timeout: float | None
+        self,
+        origin: Origin,
+        pool_timeout: float | None,
+        connect_timeout: float | None,
+        deadline: float = math.inf,
     ) -> Connection:
         """Return a live connection to *origin*, reused or new, counted as active.
 
@@ -165,6 +194,8 @@ class ConnectionPool:
             origin: Where the request goes.
             pool_timeout: Seconds to wait for a free slot; None waits as long as it takes.
             connect_timeout: Seconds allowed to open a new connection.
+            deadline: When (on anyio's clock) waiting and connecting give up, whatever the
+                timeouts allow.
 
         Raises:
             httpx2.PoolTimeout: No slot came free in time.
@@ -182,15 +213,15 @@ class ConnectionPool:
                 return conn
         if self._max is None or self._open < self._max:
             self._open += 1
-            return await self._open_new(pool, connect_timeout)
+            return await self._open_new(pool, connect_timeout, deadline)
         victim = self._idle_elsewhere(origin)
         if victim is not None:
             # The slot passes from an idle connection elsewhere to this request.
             self._all.discard(victim)
             self.evicted += 1
             await close_stream(victim.stream)
-            return await self._open_new(pool, connect_timeout)
-        return await self._wait(pool, pool_timeout, connect_timeout)
+            return await self._open_new(pool, connect_timeout, deadline)
+        return await self._wait(pool, pool_timeout, connect_timeout, deadline)
 
     async def _reuse(self, pool: _OriginPool) -> Connection | None:
         idle = pool.idle
@@ -216,11 +247,13 @@ class ConnectionPool:
             await close_stream(conn.stream)
         return None
 
-    async def _open_new(self, pool: _OriginPool, connect_timeout: float | None) -> Connection:
+    async def _open_new(
+        self, pool: _OriginPool, connect_timeout: float | None, deadline: float
+    ) -> Connection:
         # The caller already holds a slot for this connection.
         pool.active += 1
         try:
-            conn = await self._connect(pool.origin, connect_timeout)
+            conn = await self._connect(pool.origin, connect_timeout, deadline)
         except BaseException:
             pool.active -= 1
             self._open -= 1
@@ -243,12 +276,16 @@ class ConnectionPool:
         return None
 
     async def _wait(
-        self, pool: _OriginPool, pool_timeout: float | None, connect_timeout: float | None
+        self,
+        pool: _OriginPool,
+        pool_timeout: float | None,
+        connect_timeout: float | None,
+        deadline: float,
     ) -> Connection:
         waiter = _Waiter(pool.origin)
         self._waiters.append(waiter)
         try:
-            with anyio.fail_after(pool_timeout):
+            with anyio.fail_after(within(pool_timeout, deadline)):
                 await waiter.event.wait()
         except BaseException as exc:
             if waiter.connection is not None:
@@ -260,16 +297,17 @@ class ConnectionPool:
             else:
                 self._waiters.remove(waiter)
             if isinstance(exc, TimeoutError):
+                past = pool_timeout is None or anyio.current_time() >= deadline
+                waited = "before the deadline" if past else f"within {pool_timeout} s"
                 raise httpx2.PoolTimeout(
-                    f"No connection came free within {pool_timeout} s "
-                    f"({self._max} connections in use)"
+                    f"No connection came free {waited} ({self._max} connections in use)"
                 ) from exc
             raise
         if waiter.connection is not None:
             return waiter.connection
         if not waiter.granted:
             raise RuntimeError("The transport is closed")
-        return await self._open_new(pool, connect_timeout)
+        return await self._open_new(pool, connect_timeout, deadline)
 
     def _grant(self) -> None:
         """Give free slots to the longest-waiting requests."""

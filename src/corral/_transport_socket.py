@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import math
 import os
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
 import anyio
@@ -38,11 +39,15 @@ _Address = tuple[int, Any]
 class SocketStream(anyio.abc.ByteStream):
     """A byte stream over a connected, non-blocking TCP socket that it owns.
 
+    Every wait for the socket ends at :attr:`deadline`: the transport sets it per request, so
+    that a request's time limit costs a cancel scope only when a read or a write really has to
+    wait, not one per request.
+
     Args:
         sock: The socket; closed with the stream.
     """
 
-    __slots__ = ("_closed", "_patience", "_ready_reads", "_sock")
+    __slots__ = ("_backend", "_closed", "_patience", "_ready_reads", "_sock", "deadline")
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
@@ -51,6 +56,21 @@ class SocketStream(anyio.abc.ByteStream):
         # 0: the last pass through the event loop found the data there, so try that first again.
         # Else the number of waits left before trying it once more.
         self._patience = 0
+        # Looked up once: anyio's module-level functions find the backend again on every call.
+        self._backend = anyio.lowlevel.current_token().backend_class
+        #: When (on anyio's clock) a wait for the socket gives up with TimeoutError.
+        self.deadline = math.inf
+
+    async def _wait(self, wait: Callable[[socket.socket], Awaitable[None]]) -> None:
+        """Wait for the socket with *wait*, until :attr:`deadline`."""
+        deadline = self.deadline
+        if deadline == math.inf:
+            await wait(self._sock)
+            return
+        with self._backend.create_cancel_scope(deadline=deadline) as scope:
+            await wait(self._sock)
+        if scope.cancelled_caught:
+            raise TimeoutError("the request's time limit passed while waiting for the server")
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         """Return the next bytes the peer sent, waiting for them if needed.
@@ -62,8 +82,10 @@ class SocketStream(anyio.abc.ByteStream):
             anyio.EndOfStream: The peer closed its side.
             anyio.BrokenResourceError: The connection failed (reset, for instance).
             anyio.ClosedResourceError: This stream was closed.
+            TimeoutError: The :attr:`deadline` passed.
         """
         sock = self._sock
+        backend = self._backend
         yielded = False
         for _ in range(1_000_000):
             if self._closed:
@@ -76,16 +98,16 @@ class SocketStream(anyio.abc.ByteStream):
                     # The pass through the loop was not enough: wait properly, and skip the
                     # pass for the next few reads (a slow server, or a quiet loop).
                     self._patience = _PATIENCE
-                    await anyio.wait_readable(sock)
+                    await self._wait(backend.wait_readable)
                 elif self._patience:
                     self._patience -= 1
-                    await anyio.wait_readable(sock)
+                    await self._wait(backend.wait_readable)
                 else:
                     # One pass through the event loop first: with other requests in flight the
                     # answer has usually arrived by then, and that costs less than registering
                     # the socket with the selector and taking it out again.
                     yielded = True
-                    await anyio.lowlevel.checkpoint()
+                    await backend.checkpoint()
                 continue
             except OSError as exc:
                 raise anyio.BrokenResourceError from exc
@@ -94,7 +116,10 @@ class SocketStream(anyio.abc.ByteStream):
             self._ready_reads += 1
             if self._ready_reads >= _YIELD_EVERY:
                 self._ready_reads = 0
-                await anyio.lowlevel.checkpoint()
+                await backend.checkpoint()
+                # A peer that never lets a read wait would otherwise outrun the deadline.
+                if backend.current_time() >= self.deadline:
+                    raise TimeoutError("the request's time limit passed while reading")
             return data
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -107,6 +132,7 @@ class SocketStream(anyio.abc.ByteStream):
         Raises:
             anyio.BrokenResourceError: The connection failed.
             anyio.ClosedResourceError: This stream was closed.
+            TimeoutError: The :attr:`deadline` passed.
         """
         sock = self._sock
         view = memoryview(item)
@@ -116,7 +142,7 @@ class SocketStream(anyio.abc.ByteStream):
             try:
                 sent = sock.send(view)
             except BlockingIOError:
-                await anyio.wait_writable(sock)
+                await self._wait(self._backend.wait_writable)
                 continue
             except OSError as exc:
                 raise anyio.BrokenResourceError from exc

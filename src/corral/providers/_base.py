@@ -451,7 +451,16 @@ def decode_json(response: httpx2.Response) -> Any:
     Args:
         response: A read response.
     """
-    return loads(response.content, f"HTTP {response.status_code} body")
+    content = response.content
+    try:
+        if content[:1] == b"{" and content[1:2] != b"\x00":
+            # What json.loads would find by sniffing the bytes: UTF-8 (no BOM, no UTF-16/32).
+            return json.loads(content.decode("utf-8", "surrogatepass"))
+        return json.loads(content)
+    except (ValueError, RecursionError):
+        pass
+    # Not JSON: decode again for the error that names the body (the rare path).
+    return loads(content, f"HTTP {response.status_code} body")
 
 
 def try_json(response: httpx2.Response) -> Any:
