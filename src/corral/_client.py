@@ -713,28 +713,44 @@ class Client:
         cost = self._pricing.cost(value.model or requested_model, value.usage)
         return attrs.evolve(value, cost_usd=cost) if cost is not None else value
 
-    async def _execute(self, request: AnyRequest, stream: bool = False) -> Result:
-        """Run one request through retries; return its result. Expected failures are values."""
+    def _execute(self, request: AnyRequest, stream: bool = False) -> Awaitable[Result]:
+        """Run one request through retries; return its result. Expected failures are values.
+
+        A plain function that returns the coroutine to await: one frame less on a stack that
+        every suspension and resumption of the request walks through.
+        """
         try:
             prepared = self._prepare(request, stream=stream)
         except InvalidRequestError as exc:
             self._started += 1
             self._failed += 1
             log.debug("request %s refused before sending: %s", request.id, exc)
-            return Failure(request.id, ErrorInfo(ErrorKind.BAD_REQUEST, str(exc)), 0, 0.0)
-        return await self._execute_prepared(prepared)
+            info = ErrorInfo(ErrorKind.BAD_REQUEST, str(exc))
+            return _at_once(Failure(request.id, info, 0, 0.0))
+        return self._execute_prepared(prepared)
 
     async def _execute_prepared(self, prepared: _Prepared) -> Result:
         self._started += 1
         self._in_flight += 1
         reservation = None
         try:
-            budgeted = await self._reserve_budget(prepared)
+            # No budget, no reservation: skip the call (a coroutine) on the hot path.
+            budgeted = await self._reserve_budget(prepared) if self._budget is not None else None
             if isinstance(budgeted, Failure):
                 result: Result = budgeted
             else:
                 reservation = budgeted
-                result = await self._with_attempts(prepared)
+                request = prepared.request
+                start = self._clock()
+                outcome = await self._with_retries(
+                    prepared, start, self._attempt_for(prepared, start)
+                )
+                if isinstance(outcome, Failure):
+                    result = outcome
+                else:
+                    value, attempts = outcome
+                    cost = self._pricing.cost(value.model or request.model, value.usage)
+                    result = _finished(value, self._clock() - start, attempts, cost)
                 self._settle_budget(reservation, result)
         finally:
             self._in_flight -= 1
@@ -747,30 +763,18 @@ class Client:
             self._succeeded += 1
         return result
 
-    async def _with_attempts(self, prepared: _Prepared) -> Result:
+    def _attempt_for(
+        self, prepared: _Prepared, start: float
+    ) -> Callable[[], Awaitable[Completion | EmbeddingResult]]:
+        """Return what one attempt of *prepared* runs: a streamed one, or a plain exchange."""
         request = prepared.request
-        start = self._clock()
-        attempt: Callable[[], Awaitable[Completion | EmbeddingResult]]
         if prepared.mode == _STREAM:
-            attempt = partial(self._streamed_attempt, prepared, start)
-        elif isinstance(request, EmbeddingRequest):
+            return partial(self._streamed_attempt, prepared, start)
+        if isinstance(request, EmbeddingRequest):
             provider = self._provider
             assert isinstance(provider, EmbeddingProvider)
-            attempt = partial(
-                self._attempt, prepared.http, partial(provider.parse_embedding_response, request)
-            )
-        else:
-            attempt = partial(
-                self._attempt, prepared.http, partial(self._provider.parse_response, request)
-            )
-        outcome: tuple[Completion | EmbeddingResult, int] | Failure = await self._with_retries(
-            prepared, start, attempt
-        )
-        if isinstance(outcome, Failure):
-            return outcome
-        value, attempts = outcome
-        cost = self._pricing.cost(value.model or request.model, value.usage)
-        return _finished(value, self._clock() - start, attempts, cost)
+            return partial(self._attempt, prepared.http, provider.parse_embedding_response, request)
+        return partial(self._attempt, prepared.http, self._provider.parse_response, request)
 
     async def _with_retries(
         self, prepared: _Prepared, start: float, attempt: Callable[[], Awaitable[T]]
@@ -986,17 +990,37 @@ class Client:
         return Failure(request_id, info, attempts, self._clock() - start)
 
     async def _attempt(
-        self, http_request: httpx2.Request, parse: Callable[[httpx2.Response], _Success]
+        self,
+        http_request: httpx2.Request,
+        parse: Callable[[Any, httpx2.Response], _Success],
+        request: AnyRequest,
     ) -> _Success:
-        """Make one HTTP attempt; raise :class:`_AttemptFailed` on any expected failure."""
+        """Make one HTTP attempt; raise :class:`_AttemptFailed` on any expected failure.
+
+        With corral's own stack the request goes straight to the transport: redirects are
+        never followed for API calls, and cookies, auth flows and URL merging have nothing to do
+        for a request that the adapter built complete.
+        """
         # The attempt's limit (a cancel scope around it, or the "deadline" extension that
         # corral's transport honours) bounds it as a whole: per-read and per-write timeouts
         # would only open more scopes on the hot path.
         extensions = http_request.extensions
         bounded_here = "deadline" in extensions
         extensions["timeout"] = _NO_TIMEOUTS if bounded_here else self._timeout_ext_bounded
+        direct = self._direct
         try:
-            response = await self._send(http_request)
+            if direct is None:
+                response = await self._send(http_request, stream=False)
+            else:
+                # Sent here rather than through _send: one frame less under every wait.
+                response = await direct.handle_async_request(http_request)
+                response.request = http_request
+                try:
+                    await response.aread()
+                except BaseException:
+                    with anyio.CancelScope(shield=True):
+                        await response.aclose()
+                    raise
         except httpx2.TimeoutException as exc:
             if bounded_here:
                 raise _LimitReached from exc
@@ -1007,16 +1031,11 @@ class Client:
         if self._rate is not None:
             self._rate.observe(response.headers, status)
         if 200 <= status < 300:
-            return _parse_success(parse, response)
+            return _parse_success(parse, request, response)
         raise _AttemptFailed(self._provider.classify_error(response))
 
-    async def _send(self, request: httpx2.Request, *, stream: bool = False) -> httpx2.Response:
-        """Send one request; read its body unless *stream*.
-
-        With corral's own stack the request goes straight to the transport: redirects are
-        never followed for API calls, and cookies, auth flows and URL merging have nothing to do
-        for a request that the adapter built complete.
-        """
+    async def _send(self, request: httpx2.Request, *, stream: bool) -> httpx2.Response:
+        """Send one request through the HTTP client, or open a stream through either stack."""
         direct = self._direct
         if direct is None:
             http = self._http
@@ -1024,15 +1043,9 @@ class Client:
             # Even when the user's client follows redirects: credential headers other than
             # Authorization (x-api-key, x-goog-api-key) would travel to the new origin.
             return await http.send(request, stream=stream, follow_redirects=False)
+        assert stream, "non-streamed attempts go to the transport in _attempt"
         response = await direct.handle_async_request(request)
         response.request = request
-        if not stream:
-            try:
-                await response.aread()
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await response.aclose()
-                raise
         return response
 
     async def _streamed_attempt(self, prepared: _Prepared, start: float) -> Completion:
@@ -1104,7 +1117,7 @@ class Client:
                     )
                 )
             # The server ignored the stream flag and answered whole: still a good answer.
-            completion = _parse_success(partial(provider.parse_response, request), response)
+            completion = _parse_success(provider.parse_response, request, response)
             return EventReader.whole(response, completion, start)
         reader = EventReader(response, provider.stream_parser(request), start)
         try:
@@ -1116,6 +1129,11 @@ class Client:
                 raise
             raise _AttemptFailed(info) from exc
         return reader
+
+
+async def _at_once(result: Result) -> Result:
+    """Return *result*: an awaitable for a result known before anything is sent."""
+    return result
 
 
 def _finished(
@@ -1164,11 +1182,13 @@ def _redacted(info: ErrorInfo, request: httpx2.Request) -> ErrorInfo:
     return info if message == info.message else attrs.evolve(info, message=message)
 
 
-def _parse_success(parse: Callable[[httpx2.Response], T], response: httpx2.Response) -> T:
+def _parse_success(
+    parse: Callable[[Any, httpx2.Response], T], request: AnyRequest, response: httpx2.Response
+) -> T:
     """Parse a 2xx response; raise :class:`_AttemptFailed` for a body that reports a failure."""
     status = response.status_code
     try:
-        return parse(response)
+        return parse(request, response)
     except InvalidResponse as exc:
         raise _AttemptFailed(
             ErrorInfo(ErrorKind.INVALID_RESPONSE, str(exc), status_code=status)

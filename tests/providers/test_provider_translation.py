@@ -319,12 +319,22 @@ def test_gemini_reads_either_key_variable(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 @pytest.mark.parametrize("provider", [OpenAI, Anthropic, Gemini])
-@pytest.mark.parametrize("url", ["sk-ant-api03-secret", "https://api.example.com/?key=sk-secret"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sk-ant-api03-secret",
+        "https://api.example.com/?key=sk-secret",
+        "\x1fsk-secret",
+        "https://api.example.com:secret/v1",
+    ],
+    ids=["a-key", "key-in-query", "control-character", "bad-port"],
+)
 def test_a_bad_base_url_is_refused_without_echoing_it(provider: Any, url: str) -> None:
     """A key passed where the base URL goes (or in its query) is refused, and not repeated."""
     with pytest.raises(corral.ConfigurationError) as info:
         provider(url, api_key=KEY)
     assert "secret" not in str(info.value)
+    assert info.value.__cause__ is None or "secret" not in str(info.value.__cause__)
 
 
 # -- OpenAI ------------------------------------------------------------------------------------

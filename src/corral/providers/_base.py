@@ -218,7 +218,14 @@ def check_base_url(url: str, provider: str) -> str:
     """
     if not isinstance(url, str):
         raise ConfigurationError(f"{provider} base_url must be a string")
-    parsed = httpx2.URL(url)
+    try:
+        parsed = httpx2.URL(url)
+    except httpx2.InvalidURL:
+        # Not chained: httpx2's message may quote the value, which may be a misplaced key.
+        raise ConfigurationError(
+            f"{provider} base_url is not a valid URL (a control character, a space or a bad "
+            f"port?); pass an absolute http:// or https:// URL, and the key as api_key=..."
+        ) from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise ConfigurationError(
             f"{provider} base_url must be an absolute http:// or https:// URL "
