@@ -22,6 +22,10 @@ What it runs:
 The server's CPU use is sampled around every run and printed: near 100 % means the server,
 not the client, was the limit and that row's figure is a floor.
 
+The runs go in rounds (``--repeats`` of them): each round runs every client once, back to back.
+A ratio between two clients is the median of their per-round ratios, so that each comparison
+is between runs made under the same machine conditions.
+
 Usage::
 
     python benchmarks/throughput.py                          # the full matrix
@@ -386,49 +390,59 @@ def main() -> None:
             f"server latency {args.latency_ms:g} ms; {os.cpu_count()} CPUs "
             f"(server on CPU 0, clients on CPU 1 when there are two)"
         )
+        # Rounds, not blocks: each round runs every client once, back to back, so that a
+        # ratio compares runs made under the same machine conditions; these machines drift
+        # over minutes. Ratios are then the medians of the per-round ratios.
+        plan = [
+            (concurrency, backend, name)
+            for concurrency in levels
+            for backend in backends
+            for name in clients
+            if backend == "asyncio" or name not in ASYNCIO_ONLY
+        ]
+        runs: dict[tuple[int, str, str], list[dict[str, Any]]] = {key: [] for key in plan}
+        for round_number in range(1, args.repeats + 1):
+            for concurrency, backend, name in plan:
+                before, start = process_cpu(server.pid), time.perf_counter()
+                command = [sys.executable, __file__, "client", name, backend, base]
+                done = subprocess.run(
+                    [*command, str(concurrency), str(args.requests)],
+                    capture_output=True,
+                    text=True,
+                    timeout=600,
+                    check=False,
+                )
+                elapsed = time.perf_counter() - start
+                if done.returncode != 0:
+                    print(f"  {name}/{backend}/{concurrency} crashed:\n{done.stderr}")
+                    continue
+                run = json.loads(done.stdout.strip().splitlines()[-1])
+                run["server_share"] = (process_cpu(server.pid) - before) / elapsed
+                run["round"] = round_number
+                runs[(concurrency, backend, name)].append(run)
+                print(
+                    f"  round {round_number}: {name:12s} {backend:8s} c={concurrency:<5d} "
+                    f"{run['requests'] / run['wall']:8.0f} req/s "
+                    f"{run['cpu'] / run['requests'] * 1e6:7.0f} us CPU/req  "
+                    f"failures={run['failures']}",
+                    flush=True,
+                )
         rows: list[dict[str, Any]] = []
-        for concurrency in levels:
-            for backend in backends:
-                for name in clients:
-                    if backend != "asyncio" and name in ASYNCIO_ONLY:
-                        continue
-                    runs = []
-                    for _ in range(args.repeats):
-                        before, start = process_cpu(server.pid), time.perf_counter()
-                        command = [sys.executable, __file__, "client", name, backend, base]
-                        done = subprocess.run(
-                            [*command, str(concurrency), str(args.requests)],
-                            capture_output=True,
-                            text=True,
-                            timeout=600,
-                            check=False,
-                        )
-                        elapsed = time.perf_counter() - start
-                        server_share = (process_cpu(server.pid) - before) / elapsed
-                        if done.returncode != 0:
-                            print(f"  {name}/{backend}/{concurrency} crashed:\n{done.stderr}")
-                            break
-                        run = json.loads(done.stdout.strip().splitlines()[-1])
-                        run["server_share"] = server_share
-                        runs.append(run)
-                    if not runs:
-                        continue
-                    row = {
-                        "client": name,
-                        "backend": backend,
-                        "concurrency": concurrency,
-                        "rps": statistics.median(r["requests"] / r["wall"] for r in runs),
-                        "cpu_us": statistics.median(r["cpu"] / r["requests"] * 1e6 for r in runs),
-                        "failures": sum(r["failures"] for r in runs),
-                        "server_share": statistics.median(r["server_share"] for r in runs),
-                        "runs": runs,
-                    }
-                    rows.append(row)
-                    print(
-                        f"  {name:12s} {backend:8s} c={concurrency:<5d} {row['rps']:8.0f} req/s "
-                        f"{row['cpu_us']:7.0f} us CPU/req  failures={row['failures']}",
-                        flush=True,
-                    )
+        for (concurrency, backend, name), taken in runs.items():
+            if not taken:
+                continue
+            rows.append(
+                {
+                    "client": name,
+                    "backend": backend,
+                    "concurrency": concurrency,
+                    "rps": statistics.median(r["requests"] / r["wall"] for r in taken),
+                    "cpu_us": statistics.median(r["cpu"] / r["requests"] * 1e6 for r in taken),
+                    "failures": sum(r["failures"] for r in taken),
+                    "server_share": statistics.median(r["server_share"] for r in taken),
+                    "runs": taken,
+                }
+            )
         report(rows)
         if args.json:
             with open(args.json, "w") as f:
@@ -439,7 +453,7 @@ def main() -> None:
 
 
 def report(rows: list[dict[str, Any]]) -> None:
-    """Print the table and the ratios that issue 6 sets targets for."""
+    """Print the table and the ratios that issue 6 sets targets for: medians of per-round ratios."""
 
     def find(client: str, backend: str, concurrency: int) -> dict[str, Any] | None:
         for row in rows:
@@ -451,6 +465,18 @@ def report(rows: list[dict[str, Any]]) -> None:
                 return row
         return None
 
+    def ratio(row: dict[str, Any], other: dict[str, Any] | None) -> float | None:
+        # Each run against the peer's run of the same round, then the median of those.
+        if other is None:
+            return None
+        theirs = {r["round"]: r["requests"] / r["wall"] for r in other["runs"]}
+        ours = [
+            (r["requests"] / r["wall"]) / theirs[r["round"]]
+            for r in row["runs"]
+            if r["round"] in theirs
+        ]
+        return statistics.median(ours) if ours else None
+
     print()
     header = (
         f"{'client':12s} {'backend':8s} {'conc':>5s} {'req/s':>8s} {'CPU us/req':>10s} "
@@ -459,15 +485,16 @@ def report(rows: list[dict[str, Any]]) -> None:
     print(header)
     print("-" * len(header))
     for row in rows:
-        aiohttp_row = find("aiohttp", "asyncio", row["concurrency"])
-        openai_row = find("openai", "asyncio", row["concurrency"])
-        vs_aiohttp = f"{row['rps'] / aiohttp_row['rps']:10.2f}" if aiohttp_row else " " * 10
-        vs_openai = f"{row['rps'] / openai_row['rps']:9.1f}" if openai_row else " " * 9
+        vs_aiohttp = ratio(row, find("aiohttp", "asyncio", row["concurrency"]))
+        vs_openai = ratio(row, find("openai", "asyncio", row["concurrency"]))
         print(
             f"{row['client']:12s} {row['backend']:8s} {row['concurrency']:5d} "
             f"{row['rps']:8.0f} {row['cpu_us']:10.0f} {row['server_share']:9.0%} "
-            f"{vs_aiohttp} {vs_openai}" + ("  FAILURES" if row["failures"] else "")
+            + (f"{vs_aiohttp:10.2f} " if vs_aiohttp is not None else " " * 11)
+            + (f"{vs_openai:9.1f}" if vs_openai is not None else " " * 9)
+            + ("  FAILURES" if row["failures"] else "")
         )
+    print("\nRatios are medians of per-round ratios: each run against the peer's run of its round.")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from contextlib import asynccontextmanager
 from functools import partial
 from types import TracebackType
-from typing import Any, Final, Literal, NoReturn, Self, TypeVar, overload
+from typing import Any, Final, Generic, Literal, NoReturn, Self, TypeVar, overload
 
 import anyio
 import anyio.lowlevel
@@ -95,6 +95,37 @@ class _LimitReached(Exception):
 
 #: The timeout extension of an attempt that the transport bounds by its "deadline" extension.
 _NO_TIMEOUTS: Final[dict[str, float | None]] = {}
+
+
+class _Tries(Generic[T]):
+    """One request's retry loop: what an attempt runs, its limits, and what the attempts did.
+
+    One small object instead of closures over the loop's variables: a request in flight holds
+    it for its whole life, and at high concurrency every object it holds is one more for the
+    garbage collector to walk.
+    """
+
+    __slots__ = (
+        "attempt",
+        "bounded",
+        "breaker",
+        "count",
+        "deadline",
+        "extensions",
+        "last",
+        "prepared",
+    )
+
+    def __init__(self, prepared: _Prepared, attempt: Callable[[], Awaitable[T]], deadline: float):
+        self.prepared = prepared
+        self.attempt = attempt
+        self.deadline = deadline
+        self.bounded = True
+        # The request's extensions when the transport bounds attempts by their "deadline".
+        self.extensions: dict[str, Any] | None = None
+        self.breaker: Breaker | None = None
+        self.count = 0
+        self.last: _AttemptFailed | None = None
 
 
 class _Prepared:
@@ -781,115 +812,36 @@ class Client:
     ) -> tuple[T, int] | Failure:
         """Call *attempt* under the retry policy; return its value and the attempt count."""
         policy = self._retry
-        request_id = prepared.request.id
         deadline = start + policy.timeout if policy.timeout is not None else math.inf
+        tries = _Tries(prepared, attempt, deadline)
         # A whole non-streamed attempt runs under request_timeout; a stream bounds only its
         # wait for the first delta (in _open_stream), never the reading of a long answer.
-        bounded = prepared.mode != _STREAM
+        tries.bounded = prepared.mode != _STREAM
         # corral's own transport ends an attempt's waits at its limit itself (the request's
         # "deadline" extension), which spares a cancel scope per attempt; other transports
         # run the attempt inside one.
-        extensions = prepared.http.extensions if bounded and self._direct is not None else None
-        request_timeout = self._request_timeout
-        clock = self._clock
-        attempts = 0
-        last: _AttemptFailed | None = None
+        if tries.bounded and self._direct is not None:
+            tries.extensions = prepared.http.extensions
         # `is not None`: an empty registry is falsy (it has a __len__) until its first circuit.
         breakers = self._breakers
-        breaker = breakers.get(self._provider.endpoint) if breakers is not None else None
-        rate = self._rate
-        adaptive = self._adaptive
-
-        async def counted() -> T:
-            nonlocal attempts
-            admission: Admission | None = None
-            permit: Permit | None = None
-            if breaker is None and rate is not None:
-                permit = rate.acquire_nowait(prepared.input_estimate, prepared.max_output)
-            if breaker is not None or (rate is not None and permit is None):
-                admission, permit = await self._wait_to_send(breaker, rate, prepared, deadline)
-            attempts += 1
-            self._attempts += 1
-            began = clock()
-            outcome: str | None = None  # the error kind's value; None for a success
-            sent = True
-            # The attempt's limit: the request's deadline, or the attempt's own timeout when
-            # that comes first. Waiting above is bounded by the deadline alone.
-            limit = min(deadline, began + request_timeout) if bounded else deadline
-            try:
-                if extensions is not None:
-                    extensions["deadline"] = limit
-                    try:
-                        value = await attempt()
-                    except _LimitReached:
-                        _timed_out(
-                            deadline_passed=limit >= deadline, request_timeout=request_timeout
-                        )
-                else:
-                    with anyio.CancelScope(deadline=limit) as scope:
-                        value = await attempt()
-                    if scope.cancelled_caught:
-                        _timed_out(
-                            deadline_passed=limit >= deadline, request_timeout=request_timeout
-                        )
-            except _AttemptFailed as exc:
-                outcome = exc.info.kind.value
-                if rate is not None and permit is not None:
-                    self._after_refusal(rate, permit, exc.info)
-                raise
-            except BaseException:
-                # Cancellation, the deadline (or a bug) says nothing about the upstream: free
-                # the probe slot without an outcome, and teach the concurrency controller
-                # nothing.
-                if breaker is not None and admission is not None:
-                    breaker.release(admission)
-                    admission = None
-                sent = False
-                raise
-            finally:
-                if breaker is not None and admission is not None:
-                    breaker.record(admission, outcome_for_kind(outcome))
-                if adaptive is not None and sent:
-                    adaptive.record(signal_for_kind(outcome), clock() - began)
-            if rate is not None and permit is not None:
-                usage = getattr(value, "usage", None)
-                if usage is None:
-                    rate.settle(permit, None, None)
-                else:
-                    rate.settle(permit, usage.input_tokens, usage.output_tokens)
-            return value
-
-        def retry_hook(exc: Exception) -> bool | float:
-            nonlocal last
-            if not isinstance(exc, _AttemptFailed):
-                return False
-            last = exc
-            if exc.final or not exc.info.retryable:
-                return False
-            hint = exc.info.retry_after_s
-            if hint is None:
-                return True
-            remaining = deadline - self._clock()
-            if hint > policy.max_retry_after or hint >= remaining:
-                limit = "max_retry_after" if hint > policy.max_retry_after else "the deadline"
-                exc.gave_up = f"server asked to retry after {hint:g}s, beyond {limit}"
-                return False
-            return hint
+        if breakers is not None:
+            tries.breaker = breakers.get(self._provider.endpoint)
 
         # The first attempt runs outside stamina: a success, the common case, then costs
         # nothing extra. A failure is re-raised inside stamina's loop so that stamina decides
         # about it and sleeps its backoff like for any other attempt.
         try:
-            return await counted(), attempts
+            return await self._counted(tries), tries.count
         except _AttemptFailed as exc:
             last = exc
         except _DeadlinePassed:
-            return self._deadline_failure(prepared, None, start, attempts)
+            return self._deadline_failure(prepared, None, start, tries.count)
+        retry_hook = partial(self._retry_hook, tries)
         if policy.attempts == 1 or retry_hook(last) is False:
-            return self._fail(prepared, last, start, attempts)
+            return self._fail(prepared, last, start, tries.count)
         first: _AttemptFailed | None = last
         # Backoff sleeps count against the deadline too.
-        with anyio.CancelScope(deadline=deadline):
+        with anyio.CancelScope(deadline=tries.deadline):
             try:
                 async for retry in stamina.retry_context(
                     on=retry_hook,
@@ -904,16 +856,94 @@ class Client:
                         if first is not None:
                             pending, first = first, None
                             raise pending
-                        log.debug("retrying %s (attempt %d)", request_id, attempts + 1)
-                        value = await counted()
+                        log.debug("retrying %s (attempt %d)", prepared.request.id, tries.count + 1)
+                        value = await self._counted(tries)
             except _AttemptFailed as exc:
-                return self._fail(prepared, exc, start, attempts)
+                return self._fail(prepared, exc, start, tries.count)
             except _DeadlinePassed:
                 pass
             else:
-                return value, attempts
+                return value, tries.count
         # The deadline passed: during an attempt, a wait to send, or a backoff sleep.
-        return self._deadline_failure(prepared, last, start, attempts)
+        return self._deadline_failure(prepared, tries.last, start, tries.count)
+
+    async def _counted(self, tries: _Tries[T]) -> T:
+        """Make one attempt of *tries*, admitted, bounded and counted; return its value."""
+        prepared = tries.prepared
+        breaker = tries.breaker
+        rate = self._rate
+        admission: Admission | None = None
+        permit: Permit | None = None
+        if breaker is None and rate is not None:
+            permit = rate.acquire_nowait(prepared.input_estimate, prepared.max_output)
+        if breaker is not None or (rate is not None and permit is None):
+            admission, permit = await self._wait_to_send(breaker, rate, prepared, tries.deadline)
+        tries.count += 1
+        self._attempts += 1
+        began = self._clock()
+        outcome: str | None = None  # the error kind's value; None for a success
+        sent = True
+        # The attempt's limit: the request's deadline, or the attempt's own timeout when that
+        # comes first. Waiting above is bounded by the deadline alone.
+        deadline = tries.deadline
+        request_timeout = self._request_timeout
+        limit = min(deadline, began + request_timeout) if tries.bounded else deadline
+        extensions = tries.extensions
+        try:
+            if extensions is not None:
+                extensions["deadline"] = limit
+                try:
+                    value = await tries.attempt()
+                except _LimitReached:
+                    _timed_out(deadline_passed=limit >= deadline, request_timeout=request_timeout)
+            else:
+                with anyio.CancelScope(deadline=limit) as scope:
+                    value = await tries.attempt()
+                if scope.cancelled_caught:
+                    _timed_out(deadline_passed=limit >= deadline, request_timeout=request_timeout)
+        except _AttemptFailed as exc:
+            outcome = exc.info.kind.value
+            if rate is not None and permit is not None:
+                self._after_refusal(rate, permit, exc.info)
+            raise
+        except BaseException:
+            # Cancellation, the deadline (or a bug) says nothing about the upstream: free the
+            # probe slot without an outcome, and teach the concurrency controller nothing.
+            if breaker is not None and admission is not None:
+                breaker.release(admission)
+                admission = None
+            sent = False
+            raise
+        finally:
+            if breaker is not None and admission is not None:
+                breaker.record(admission, outcome_for_kind(outcome))
+            if self._adaptive is not None and sent:
+                self._adaptive.record(signal_for_kind(outcome), self._clock() - began)
+        if rate is not None and permit is not None:
+            usage = getattr(value, "usage", None)
+            if usage is None:
+                rate.settle(permit, None, None)
+            else:
+                rate.settle(permit, usage.input_tokens, usage.output_tokens)
+        return value
+
+    def _retry_hook(self, tries: _Tries[Any], exc: Exception) -> bool | float:
+        """Tell stamina whether (and after how long) to retry after *exc*."""
+        if not isinstance(exc, _AttemptFailed):
+            return False
+        tries.last = exc
+        if exc.final or not exc.info.retryable:
+            return False
+        hint = exc.info.retry_after_s
+        if hint is None:
+            return True
+        policy = self._retry
+        remaining = tries.deadline - self._clock()
+        if hint > policy.max_retry_after or hint >= remaining:
+            limit = "max_retry_after" if hint > policy.max_retry_after else "the deadline"
+            exc.gave_up = f"server asked to retry after {hint:g}s, beyond {limit}"
+            return False
+        return hint
 
     async def _wait_to_send(
         self,
