@@ -9,13 +9,18 @@ read wait. All but the flood run in virtual time.
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, suppress
 
 import anyio
 import httpx2
 import pytest
-from transport_helpers import Peer, answer, black_hole, http_response, raw_server
+from transport_helpers import (
+    Peer,
+    answer,
+    black_hole,
+    http_response,
+    raw_server,
+    unanswered_address,
+)
 
 import corral
 from corral import ErrorKind
@@ -48,22 +53,6 @@ def assert_pool_idle(transport: FastTransport) -> None:
     """No connection is left checked out, and no request is left waiting."""
     stats = transport.statistics()
     assert (stats.active, stats.waiting) == (0, 0)
-
-
-@contextmanager
-def unanswered_address() -> Iterator[int]:
-    """Yield a loopback port whose connects hang: its accept queue is already full."""
-    with ExitStack() as stack:
-        listener = stack.enter_context(socket.socket())
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
-        address = listener.getsockname()
-        for _ in range(4):
-            filler = stack.enter_context(socket.socket())
-            filler.setblocking(False)
-            with suppress(BlockingIOError):
-                filler.connect(address)
-        yield address[1]
 
 
 @pytest.mark.virtual_time
@@ -147,7 +136,7 @@ async def test_a_full_pool_is_waited_for_until_the_deadline(parser: ParserName) 
 @pytest.mark.virtual_time
 async def test_a_hanging_connect_ends_at_the_deadline(parser: ParserName) -> None:
     """A connect that the server never completes ends in ConnectTimeout at the deadline."""
-    with unanswered_address() as port:
+    with unanswered_address() as (_, (_, port)):
         async with FastTransport(parser=parser) as transport, client_for(transport) as client:
             start = anyio.current_time()
             with pytest.raises(httpx2.ConnectTimeout, match="the deadline"):

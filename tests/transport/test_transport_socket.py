@@ -3,37 +3,25 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, suppress
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 import httpx2
 import pytest
-from transport_helpers import Peer, answer, free_port, http_response, raw_server
+from transport_helpers import (
+    Peer,
+    answer,
+    free_port,
+    http_response,
+    raw_server,
+    unanswered_address,
+)
 
 from corral._transport import FastTransport
 from corral._transport_socket import SocketStream, connect_any, open_tcp_socket
 
 pytestmark = pytest.mark.anyio
-
-
-@contextmanager
-def unanswered_address() -> Iterator[tuple[int, tuple[str, int]]]:
-    """Yield a loopback address whose connects hang: its accept queue is already full."""
-    with ExitStack() as stack:
-        listener = stack.enter_context(socket.socket())
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
-        address = listener.getsockname()
-        # Fill the accept queue: nothing ever accepts, so later SYNs are dropped.
-        for _ in range(4):
-            filler = stack.enter_context(socket.socket())
-            filler.setblocking(False)
-            with suppress(BlockingIOError):
-                filler.connect(address)
-        yield socket.AF_INET, address
 
 
 async def test_stream_round_trip_and_eof() -> None:
