@@ -560,7 +560,9 @@ class Client:
                     return completion
 
                 try:
-                    yield CompletionStream(reader, request.id, start, attempts, end)
+                    # A server's error event mid-stream may quote the key back.
+                    redact = partial(_redacted, request=prepared.http)
+                    yield CompletionStream(reader, request.id, start, attempts, end, redact)
                 finally:
                     await reader.aclose()
             finally:

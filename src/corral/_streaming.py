@@ -291,6 +291,7 @@ class CompletionStream:
         "_error",
         "_on_end",
         "_reader",
+        "_redact",
         "_request_id",
         "_start",
     )
@@ -302,8 +303,10 @@ class CompletionStream:
         start: float,
         attempts: int,
         on_end: Callable[[Completion | None], Completion | None],
+        redact: Callable[[ErrorInfo], ErrorInfo] = lambda info: info,
     ) -> None:
         self._reader = reader
+        self._redact = redact
         self._request_id = request_id
         self._start = start
         self._attempts = attempts
@@ -334,9 +337,16 @@ class CompletionStream:
             info = stream_failure(exc)
             if info is None:
                 raise
-            self._error = exception_for(info, request_id=self._request_id, attempts=self._attempts)
+            safe = self._redact(info)
+            self._error = exception_for(safe, request_id=self._request_id, attempts=self._attempts)
             self._on_end(None)
-            raise self._error from exc
+            if safe.message == info.message:
+                raise self._error from exc
+        if self._error is not None:
+            # The failure quoted a credential: raised here, outside the except block, so that
+            # neither its cause nor its context travels with the error (or prints in a
+            # traceback).
+            raise self._error
         if completion is not None:
             self._completion = attrs.evolve(
                 completion,

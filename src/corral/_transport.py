@@ -37,7 +37,7 @@ from ._http11 import (
     encode_request_head,
 )
 from ._transport_pool import Connection, ConnectionPool, Origin, close_stream, within
-from ._transport_socket import SocketStream, open_tcp_socket
+from ._transport_socket import DeadlinePassed, SocketStream, open_tcp_socket
 
 __all__ = ["FastTransport", "OriginStatistics", "TransportStatistics"]
 
@@ -163,7 +163,7 @@ def _read_error(exc: BaseException) -> httpx2.TransportError | None:
     """Translate a failure while reading a response into httpx2's vocabulary."""
     if isinstance(exc, httpx2.TransportError):
         return None
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, TimeoutError | DeadlinePassed):
         return httpx2.ReadTimeout(str(exc) or "Timed out reading the response")
     if isinstance(exc, anyio.BrokenResourceError | anyio.ClosedResourceError | OSError):
         return httpx2.ReadError(str(exc) or f"Connection lost while reading: {exc!r}")
@@ -485,7 +485,7 @@ class FastTransport(httpx2.AsyncBaseTransport):
                         if not 0.0 <= deadline - write_deadline <= _DEADLINE_SLACK:
                             scope.deadline = deadline
                     await self._read_head(stream, parser, scope, read_timeout)
-        except TimeoutError as exc:
+        except DeadlinePassed as exc:
             # The socket's wait ran into the request's deadline.
             if writing:
                 raise httpx2.WriteTimeout(f"Timed out writing the request: {exc}") from exc

@@ -36,6 +36,14 @@ _PATIENCE: Final = 8
 _Address = tuple[int, Any]
 
 
+class DeadlinePassed(Exception):
+    """A wait for the socket ran into the request's deadline.
+
+    Not a ``TimeoutError``: that is an ``OSError``, which anyio's TLS stream turns into a broken
+    connection on its way up.
+    """
+
+
 class SocketStream(anyio.abc.ByteStream):
     """A byte stream over a connected, non-blocking TCP socket that it owns.
 
@@ -58,7 +66,7 @@ class SocketStream(anyio.abc.ByteStream):
         self._patience = 0
         # Looked up once: anyio's module-level functions find the backend again on every call.
         self._backend = anyio.lowlevel.current_token().backend_class
-        #: When (on anyio's clock) a wait for the socket gives up with TimeoutError.
+        #: When (on anyio's clock) a wait for the socket gives up with DeadlinePassed.
         self.deadline = math.inf
 
     async def _wait(self, wait: Callable[[socket.socket], Awaitable[None]]) -> None:
@@ -70,7 +78,7 @@ class SocketStream(anyio.abc.ByteStream):
         with self._backend.create_cancel_scope(deadline=deadline) as scope:
             await wait(self._sock)
         if scope.cancelled_caught:
-            raise TimeoutError("the request's time limit passed while waiting for the server")
+            raise DeadlinePassed("the request's time limit passed while waiting for the server")
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         """Return the next bytes the peer sent, waiting for them if needed.
@@ -82,7 +90,7 @@ class SocketStream(anyio.abc.ByteStream):
             anyio.EndOfStream: The peer closed its side.
             anyio.BrokenResourceError: The connection failed (reset, for instance).
             anyio.ClosedResourceError: This stream was closed.
-            TimeoutError: The :attr:`deadline` passed.
+            DeadlinePassed: The :attr:`deadline` passed.
         """
         sock = self._sock
         backend = self._backend
@@ -119,7 +127,7 @@ class SocketStream(anyio.abc.ByteStream):
                 await backend.checkpoint()
                 # A peer that never lets a read wait would otherwise outrun the deadline.
                 if backend.current_time() >= self.deadline:
-                    raise TimeoutError("the request's time limit passed while reading")
+                    raise DeadlinePassed("the request's time limit passed while reading")
             return data
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -132,7 +140,7 @@ class SocketStream(anyio.abc.ByteStream):
         Raises:
             anyio.BrokenResourceError: The connection failed.
             anyio.ClosedResourceError: This stream was closed.
-            TimeoutError: The :attr:`deadline` passed.
+            DeadlinePassed: The :attr:`deadline` passed.
         """
         sock = self._sock
         view = memoryview(item)

@@ -835,3 +835,87 @@ async def test_a_jsonl_job_never_writes_the_key(
     assert errors.count("\n") == len(faults) - 1, errors
     texts += log_texts(debug_logs.records)
     assert assert_clean(texts) >= len(files) + 2
+
+
+# Each provider's event stream: one text delta, then an error event that quotes the credential.
+_STREAM_THEN_ECHO: Final[dict[str, list[tuple[str | None, dict[str, Any]]]]] = {
+    "openai": [
+        (None, {"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"content": "Hi"}}]}),
+        (None, {"error": {"message": "Incorrect API key provided: {key}", "type": "x"}}),
+    ],
+    "anthropic": [
+        (
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": "m",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": "m",
+                    "content": [],
+                    "usage": {"input_tokens": 3, "output_tokens": 0},
+                },
+            },
+        ),
+        (
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text"}},
+        ),
+        (
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": "Hi"},
+            },
+        ),
+        (
+            "error",
+            {"type": "error", "error": {"type": "api_error", "message": "bad key {key}"}},
+        ),
+    ],
+    "gemini": [
+        (None, {"candidates": [{"content": {"parts": [{"text": "Hi"}], "role": "model"}}]}),
+        (None, {"error": {"code": 500, "message": "bad key {key}", "status": "INTERNAL"}}),
+    ],
+}
+
+
+def stream_then_echo(name: str, key: str) -> bytes:
+    """Return a 200 event stream of *name*'s shape whose error event quotes *key*."""
+    events = []
+    for event, data in _STREAM_THEN_ECHO[name]:
+        payload = json.dumps(data).replace("{key}", key)
+        events.append((f"event: {event}\n" if event else "") + f"data: {payload}\n\n")
+    return http_response(200, "".join(events).encode(), [("content-type", "text/event-stream")])
+
+
+@pytest.mark.parametrize("name", PROVIDERS)
+async def test_a_key_quoted_in_a_mid_stream_error_does_not_leak(
+    name: str, debug_logs: pytest.LogCaptureFixture
+) -> None:
+    """An error event after the first delta that quotes the key leaks it through no path."""
+    kit_ = kit(name)
+    texts: list[tuple[str, str]] = []
+    async with script_server(lambda seen, n: stream_then_echo(name, credential(seen))) as server:
+        async with corral.Client(kit_.make(server.url), **policies()) as client:
+            request = request_for(kit_, "stream", "echo", "mid")
+            assert isinstance(request, corral.ChatRequest)
+            deltas: list[str] = []
+            with pytest.raises(corral.RequestFailed) as raised:
+                async with client.complete_stream(request) as stream:
+                    async for text in stream:
+                        deltas.append(text)
+            texts += exception_texts("complete_stream", raised.value)
+            batch = await client.run([request], stream=True)
+            texts += [("run result", repr(batch.results)), ("run str", str(batch.results))]
+            texts += unstructured_texts("run result", batch.results[0])
+            texts.append(("client", repr(client)))
+        assert deltas == ["Hi"]
+        failure = batch.results[0]
+        assert isinstance(failure, corral.Failure)
+        # The server's words are kept, with the key masked.
+        assert "key" in failure.error.message
+    texts += log_texts(debug_logs.records)
+    assert assert_clean(texts) > 10

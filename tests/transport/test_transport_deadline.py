@@ -9,10 +9,12 @@ read wait. All but the flood run in virtual time.
 from __future__ import annotations
 
 import socket
+import ssl
 
 import anyio
 import httpx2
 import pytest
+import trustme
 from transport_helpers import (
     Peer,
     answer,
@@ -26,7 +28,7 @@ import corral
 from corral import ErrorKind
 from corral._http11 import ParserName
 from corral._transport import FastTransport
-from corral._transport_socket import SocketStream
+from corral._transport_socket import DeadlinePassed, SocketStream
 from corral.providers import OpenAI
 
 pytestmark = pytest.mark.anyio
@@ -76,6 +78,33 @@ async def test_a_stall_ends_at_the_deadline(parser: ParserName, sent: bytes) -> 
         elapsed = anyio.current_time() - start
         assert_pool_idle(transport)
         assert transport.statistics().discarded == 1
+    assert 1.5 <= elapsed < 2.0
+
+
+@pytest.mark.virtual_time
+@pytest.mark.parametrize("sent", [b"", HEAD_200 + b"content-length: 10\r\n\r\n"])
+async def test_a_stall_over_tls_ends_at_the_deadline_as_a_timeout(
+    sent: bytes, ca: trustme.CA, server_context: ssl.SSLContext
+) -> None:
+    """Over TLS too the deadline is a ReadTimeout, not a broken connection: TLS lets it through."""
+
+    async def answer_then_stall(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(sent)
+        await anyio.sleep_forever()
+
+    trusted = ssl.create_default_context()
+    ca.configure_trust(trusted)
+    async with (
+        raw_server(answer_then_stall, tls=server_context) as server,
+        FastTransport(verify=trusted) as transport,
+        client_for(transport) as client,
+    ):
+        start = anyio.current_time()
+        with pytest.raises(httpx2.ReadTimeout, match="time limit"):
+            await client.get(server.url(), extensions=within(1.5))
+        elapsed = anyio.current_time() - start
+        assert_pool_idle(transport)
     assert 1.5 <= elapsed < 2.0
 
 
@@ -207,7 +236,7 @@ async def test_a_flood_cannot_outrun_the_deadline() -> None:
         async with stream:
             stream.deadline = anyio.current_time() - 1.0
             reads = 0
-            with pytest.raises(TimeoutError, match="time limit"):
+            with pytest.raises(DeadlinePassed, match="time limit"):
                 for reads in range(1, 4096):  # noqa: B007 - counted for the assertion below
                     assert await stream.receive(1) == b"x"
     assert reads <= 16
