@@ -21,6 +21,7 @@ from transport_helpers import (
     black_hole,
     http_response,
     raw_server,
+    stall_after,
     unanswered_address,
 )
 
@@ -62,13 +63,8 @@ def assert_pool_idle(transport: FastTransport) -> None:
 async def test_a_stall_ends_at_the_deadline(parser: ParserName, sent: bytes) -> None:
     """Silence, or headers then silence, ends in ReadTimeout at the deadline."""
 
-    async def answer_then_stall(peer: Peer) -> None:
-        await peer.read_request()
-        await peer.send(sent)
-        await anyio.sleep_forever()
-
     async with (
-        raw_server(answer_then_stall) as server,
+        raw_server(stall_after(sent)) as server,
         FastTransport(parser=parser) as transport,
         client_for(transport) as client,
     ):
@@ -88,15 +84,10 @@ async def test_a_stall_over_tls_ends_at_the_deadline_as_a_timeout(
 ) -> None:
     """Over TLS too the deadline is a ReadTimeout, not a broken connection: TLS lets it through."""
 
-    async def answer_then_stall(peer: Peer) -> None:
-        await peer.read_request()
-        await peer.send(sent)
-        await anyio.sleep_forever()
-
     trusted = ssl.create_default_context()
     ca.configure_trust(trusted)
     async with (
-        raw_server(answer_then_stall, tls=server_context) as server,
+        raw_server(stall_after(sent), tls=server_context) as server,
         FastTransport(verify=trusted) as transport,
         client_for(transport) as client,
     ):
@@ -283,11 +274,7 @@ async def test_the_client_ends_a_dripping_attempt_at_request_timeout(transport: 
 async def test_the_client_ends_a_stalled_attempt_at_the_deadline(transport: str) -> None:
     """When the request's deadline comes before request_timeout, it ends the attempt."""
 
-    async def stall(peer: Peer) -> None:
-        await peer.read_request()
-        await anyio.sleep_forever()
-
-    async with raw_server(stall) as server:
+    async with raw_server(stall_after()) as server:
         client = corral.Client(
             OpenAI(f"http://127.0.0.1:{server.port}/v1", api_key="k"),
             transport=transport,  # type: ignore[arg-type]

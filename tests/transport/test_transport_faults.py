@@ -11,7 +11,15 @@ import json
 import anyio
 import httpx2
 import pytest
-from transport_helpers import Peer, answer, black_hole, free_port, http_response, raw_server
+from transport_helpers import (
+    Peer,
+    answer,
+    black_hole,
+    free_port,
+    http_response,
+    raw_server,
+    stall_after,
+)
 
 from corral import ErrorKind
 from corral._http11 import ParserName
@@ -42,12 +50,6 @@ def assert_pool_idle(transport: FastTransport) -> None:
     assert stats.waiting == 0
 
 
-async def stall(peer: Peer) -> None:
-    """Read the request and never answer."""
-    await peer.read_request()
-    await anyio.sleep_forever()
-
-
 async def test_connection_refused(parser: ParserName) -> None:
     """Nothing listening: ConnectError, a connection error worth a retry."""
     async with FastTransport(parser=parser) as transport, client_for(transport) as client:
@@ -61,7 +63,7 @@ async def test_connection_refused(parser: ParserName) -> None:
 async def test_connect_timeout(parser: ParserName) -> None:
     """A connect that cannot finish in time: ConnectTimeout, a timeout."""
     async with (
-        raw_server(stall) as server,
+        raw_server(stall_after()) as server,
         FastTransport(parser=parser) as transport,
         client_for(transport, connect=0.0) as client,
     ):
@@ -123,13 +125,8 @@ async def test_reset(parser: ParserName, where: str) -> None:
 async def test_stall_is_a_read_timeout(parser: ParserName, sent: bytes) -> None:
     """Silence, or headers then silence: ReadTimeout after the read timeout, a timeout."""
 
-    async def answer_then_stall(peer: Peer) -> None:
-        await peer.read_request()
-        await peer.send(sent)
-        await anyio.sleep_forever()
-
     async with (
-        raw_server(answer_then_stall) as server,
+        raw_server(stall_after(sent)) as server,
         FastTransport(parser=parser) as transport,
         client_for(transport, read=2.0) as client,
     ):

@@ -98,6 +98,18 @@ class Peer:
 Handler = Callable[[Peer], Awaitable[object]]
 
 
+def stall_after(sent: bytes = b"") -> Handler:
+    """Return a handler that reads one request, sends *sent*, then never sends another byte."""
+
+    async def stall(peer: Peer) -> None:
+        await peer.read_request()
+        if sent:
+            await peer.send(sent)
+        await anyio.sleep_forever()
+
+    return stall
+
+
 def http_response(
     status: int = 200,
     body: bytes = b"",
