@@ -9,25 +9,26 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import inspect
 import math
 import os
 import shlex
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, redirect_stderr, redirect_stdout
 from typing import Any, Final, TextIO
 
 import anyio
 import httpx2
 
 from . import __version__
+from ._budget import Budget
 from ._client import Client
 from ._errors import ConfigurationError, CorralError, InvalidInputError
 from ._jobs import JobProgress, JobSummary, JsonlJob
 from ._jobs_errors import JobError, OutputWriteError
 from ._models import BatchStatistics
+from ._ratelimit import RateLimit
 from ._retry import RetryPolicy
 from ._serde import to_json
 from .providers._base import Provider
@@ -112,19 +113,6 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _flow_policies() -> tuple[Any, Any]:
-    """Return the RateLimit and Budget classes if the Client takes them, else None for each.
-
-    The flags that set them are offered only then, so that no flag silently does nothing.
-    """
-    import corral
-
-    accepted = inspect.signature(Client.__init__).parameters
-    rate = getattr(corral, "RateLimit", None) if "rate_limit" in accepted else None
-    budget = getattr(corral, "Budget", None) if "budget" in accepted else None
-    return rate, budget
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser of the ``corral`` command."""
     parser = argparse.ArgumentParser(
@@ -183,27 +171,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="requests in flight at once (default: 64)",
     )
-    rate_limit, budget = _flow_policies()
-    if rate_limit is not None:
-        run.add_argument(
-            "--rpm",
-            type=_positive_float,
-            metavar="N",
-            help="send at most N requests per minute (client-side rate limit)",
-        )
-        run.add_argument(
-            "--tpm",
-            type=_positive_float,
-            metavar="N",
-            help="use at most N tokens per minute, input and output (client-side rate limit)",
-        )
-    if budget is not None:
-        run.add_argument(
-            "--max-cost",
-            type=_positive_float,
-            metavar="USD",
-            help="stop sending once this run has spent this many US dollars",
-        )
+    run.add_argument(
+        "--rpm",
+        type=_positive_float,
+        metavar="N",
+        help="send at most N requests per minute (client-side rate limit)",
+    )
+    run.add_argument(
+        "--tpm",
+        type=_positive_float,
+        metavar="N",
+        help="use at most N tokens per minute, input and output (client-side rate limit)",
+    )
+    run.add_argument(
+        "--max-cost",
+        type=_positive_float,
+        metavar="USD",
+        help="stop sending once this run has spent this many US dollars",
+    )
     run.add_argument(
         "--attempts",
         type=_positive_int,
@@ -367,13 +352,10 @@ async def _open_client(args: argparse.Namespace, stack: AsyncExitStack) -> Clien
     else:
         provider = _make_provider(args, args.base_url, None)
     policies: dict[str, Any] = {}
-    rate_limit, budget = _flow_policies()
-    rpm, tpm = getattr(args, "rpm", None), getattr(args, "tpm", None)
-    if rate_limit is not None and (rpm is not None or tpm is not None):
-        policies["rate_limit"] = rate_limit(requests_per_minute=rpm, tokens_per_minute=tpm)
-    max_cost = getattr(args, "max_cost", None)
-    if budget is not None and max_cost is not None:
-        policies["budget"] = budget(max_cost_usd=max_cost)
+    if args.rpm is not None or args.tpm is not None:
+        policies["rate_limit"] = RateLimit(requests_per_minute=args.rpm, tokens_per_minute=args.tpm)
+    if args.max_cost is not None:
+        policies["budget"] = Budget(max_cost_usd=args.max_cost)
     client = Client(
         provider,
         max_concurrency=args.concurrency,
@@ -704,6 +686,24 @@ async def _serve_mock(args: argparse.Namespace, output: _Output) -> int:
 # -- entry points -----------------------------------------------------------------------------
 
 
+def _parse(argv: Sequence[str], out: TextIO, err: TextIO) -> argparse.Namespace | int:
+    """Parse the command line; return the arguments, or the exit code of ``--help`` or a misuse.
+
+    argparse prints to ``sys.stdout`` and ``sys.stderr``; they point at *out* and *err* while it
+    parses, so that an embedding caller's streams get its help and usage errors too.
+
+    Args:
+        argv: The arguments, without the program name.
+        out: Where help and ``--version`` go.
+        err: Where usage errors go.
+    """
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            return build_parser().parse_args(list(argv))
+    except SystemExit as exc:
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+
+
 async def amain(
     argv: Sequence[str],
     *,
@@ -722,11 +722,9 @@ async def amain(
         terminal: Whether stdout is a terminal (rich progress and tables); None detects it.
     """
     output = _Output(stdout or sys.stdout, stderr or sys.stderr, terminal=terminal)
-    parser = build_parser()
-    try:
-        args = parser.parse_args(list(argv))
-    except SystemExit as exc:
-        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    args = _parse(argv, output.out, output.err)
+    if isinstance(args, int):
+        return args
     if args.command == "run":
         return await _run_job(args, argv, output, handle_signals)
     return await _serve_mock(args, output)
@@ -739,11 +737,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: The arguments, without the program name (default: ``sys.argv[1:]``).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    args = _parse(argv, sys.stdout, sys.stderr)
+    if isinstance(args, int):
+        return args
     backend: str = args.backend
     if backend == "trio" and importlib.util.find_spec("trio") is None:
         print(

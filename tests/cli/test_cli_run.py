@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
@@ -96,10 +97,22 @@ async def test_bad_input_exits_2_with_line_numbers_and_sends_nothing(tmp_path: P
     ],
 )
 async def test_usage_errors_exit_2(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    """Argument mistakes exit 2 before any file is touched."""
-    code, _, _ = await run_cli(*args)
+    """Argument mistakes exit 2 before any file is touched, the usage on the caller's stderr."""
+    code, stdout, stderr = await run_cli(*args)
     assert code == 2
-    assert "usage:" in capsys.readouterr().err
+    assert "usage:" in stderr
+    assert stdout == ""
+    # Nothing leaks to the process's own streams when the caller gave its own.
+    assert capsys.readouterr() == ("", "")
+
+
+async def test_help_goes_to_the_callers_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--help`` through amain() exits 0 and prints to the stdout it was given."""
+    code, stdout, stderr = await run_cli("run", "--help")
+    assert code == 0
+    assert "--max-cost" in stdout
+    assert stderr == ""
+    assert capsys.readouterr() == ("", "")
 
 
 async def test_mock_with_a_base_url_is_a_usage_error(tmp_path: Path) -> None:
@@ -353,22 +366,41 @@ async def test_rich_progress_bar_and_summary_table_on_a_terminal(
     assert "succeeded" in screen
 
 
-async def test_flow_control_flags_exist_only_when_the_client_takes_them(tmp_path: Path) -> None:
-    """--rpm, --tpm and --max-cost are offered only once the Client accepts those policies."""
-    rate_limit, budget = _cli._flow_policies()
+async def test_rpm_tpm_and_max_cost_reach_the_client(tmp_path: Path) -> None:
+    """--rpm, --tpm and --max-cost configure the Client's rate limit and budget; none by default."""
+    common = ["run", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "o.jsonl"), "--mock"]
+    flags = ["--rpm", "600", "--tpm", "9000", "--max-cost", "5"]
+    async with AsyncExitStack() as stack:
+        client = await _cli._open_client(_cli.build_parser().parse_args(common + flags), stack)
+        stats = client.statistics()
+    assert stats.rate_limiter is not None
+    assert dict(stats.rate_limiter.limits) == {"requests": 600.0, "tokens": 9000.0}
+    assert stats.budget is not None
+    assert stats.budget.max_cost_usd == 5.0
+    async with AsyncExitStack() as stack:
+        client = await _cli._open_client(_cli.build_parser().parse_args(common), stack)
+        stats = client.statistics()
+    assert stats.rate_limiter is not None
+    assert dict(stats.rate_limiter.limits) == {}
+    assert stats.budget is None
+
+
+@pytest.mark.parametrize("flag", ["--rpm", "--tpm", "--max-cost"])
+async def test_a_flow_flag_that_is_not_positive_is_refused_by_name(
+    tmp_path: Path, flag: str
+) -> None:
+    """A zero or negative --rpm, --tpm or --max-cost exits 2 with a message naming the flag."""
     inp = tmp_path / "in.jsonl"
-    write_input(inp, 3)
-    out = tmp_path / "o.jsonl"
-    code, _, _ = await run_cli("run", inp, "-o", out, "--mock", "--no-progress", "--rpm", "6000")
-    assert code == (0 if rate_limit is not None else 2)
-    code, _, _ = await run_cli("run", inp, "-o", out, "--mock", "--no-progress", "--max-cost", "5")
-    assert code == (0 if budget is not None else 2)
+    write_input(inp, 1)
+    code, _, stderr = await run_cli("run", inp, "-o", tmp_path / "o.jsonl", "--mock", flag, "0")
+    assert code == 2
+    assert flag in stderr
+    assert "must be > 0" in stderr
+    assert not (tmp_path / "o.jsonl").exists()
 
 
 async def test_max_cost_stops_spending_and_a_rerun_finishes(tmp_path: Path) -> None:
     """Past --max-cost the rest is recorded as budget_exhausted (exit 1); a rerun sends it."""
-    if _cli._flow_policies()[1] is None:
-        pytest.skip("the Client takes no budget yet")
     inp, out = tmp_path / "in.jsonl", tmp_path / "o.jsonl"
     ids = write_input(inp, 40)
     common = ["run", inp, "-o", out, "--mock", "--no-progress", "--concurrency", "2"]
