@@ -8,7 +8,6 @@ from typing import Any, Final
 
 import attrs
 
-from ._mock_config import MockConfig
 from ._mock_limits import LimitState, rfc3339
 from ._mock_text import CACHE_MIN_TOKENS, Generation, count_mock_tokens, generate, split_chunks
 from ._mock_wire import (
@@ -77,16 +76,10 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
 class AnthropicApi(Api):
     """Emulate ``/v1/messages``, ``/v1/messages/count_tokens`` and ``/v1/models``."""
 
-    __slots__ = ("_config",)
+    __slots__ = ()
 
     family = "anthropic"
     outage_status = 529
-
-    def __init__(self, config: MockConfig) -> None:
-        self._config = config
-
-    def __repr__(self) -> str:
-        return "AnthropicApi()"
 
     def authenticate(self, headers: Mapping[str, str], query: Mapping[str, str]) -> None:
         key = headers.get("x-api-key", "").strip()

@@ -7,7 +7,6 @@ from typing import Any, Final
 
 import attrs
 
-from ._mock_config import MockConfig
 from ._mock_limits import google_duration
 from ._mock_text import (
     CACHE_MIN_TOKENS,
@@ -88,16 +87,10 @@ def _parts_text(value: object, where: str) -> str:
 class GeminiApi(Api):
     """Emulate ``/v1beta/models/{model}:generateContent`` and its siblings."""
 
-    __slots__ = ("_config",)
+    __slots__ = ()
 
     family = "gemini"
     outage_status = 503
-
-    def __init__(self, config: MockConfig) -> None:
-        self._config = config
-
-    def __repr__(self) -> str:
-        return "GeminiApi()"
 
     def authenticate(self, headers: Mapping[str, str], query: Mapping[str, str]) -> None:
         if "key" in query:

@@ -8,7 +8,6 @@ from typing import Any, Final
 
 import attrs
 
-from ._mock_config import MockConfig
 from ._mock_limits import openai_duration
 from ._mock_text import (
     CACHE_MIN_TOKENS,
@@ -110,16 +109,10 @@ def _cached(tokens: int) -> int:
 class OpenAIApi(Api):
     """Emulate ``/v1/chat/completions``, ``/v1/embeddings`` and ``/v1/models``."""
 
-    __slots__ = ("_config",)
+    __slots__ = ()
 
     family = "openai"
     outage_status = 503
-
-    def __init__(self, config: MockConfig) -> None:
-        self._config = config
-
-    def __repr__(self) -> str:
-        return "OpenAIApi()"
 
     def authenticate(self, headers: Mapping[str, str], query: Mapping[str, str]) -> None:
         scheme, _, key = headers.get("authorization", "").partition(" ")

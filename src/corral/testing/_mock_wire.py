@@ -214,12 +214,24 @@ class Context:
 
 
 class Api:
-    """What each emulated API (OpenAI, Anthropic, Gemini) provides to the server."""
+    """What each emulated API (OpenAI, Anthropic, Gemini) provides to the server.
+
+    Args:
+        config: The server's configuration (its key, seed, context window and so on).
+    """
+
+    __slots__ = ("_config",)
 
     #: The family name: rate limits, caches and error envelopes are per family.
     family: str = ""
     #: The status every request gets during an outage window.
     outage_status: int = 503
+
+    def __init__(self, config: MockConfig) -> None:
+        self._config = config
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
 
     def authenticate(self, headers: Mapping[str, str], query: Mapping[str, str]) -> None:
         """Raise `ApiError` unless the request carries an acceptable key."""
