@@ -24,7 +24,9 @@ the reserved cost. A refund returns capacity at once, which is what keeps the lo
 the limit when reservations (a prompt estimate plus the expected share of ``max_tokens``)
 overstate the real usage; the price is that the real cost admitted in a window may exceed the
 bound above by the refunds of earlier requests settled during that window (also
-property-tested).
+property-tested). A refund that overfills the cell is not capped at once: the request at the
+head of the queue is admitted in the same instant (by `RateLimiter.settle` itself, so that no
+clock tick passes) and may spend it; the next instant the cell is capped again.
 
 Every time is a float passed in by the caller (``now``): the core never reads a clock, which is
 what makes it testable without a loop and lets trio's ``MockClock`` drive the adapter.
@@ -129,9 +131,11 @@ class RateLimit:
         learn_from_headers: Whether to pace by the limits and remaining quota the server reports.
         estimate_output: Whether to reserve ``max_tokens`` scaled by the output ratio seen so
             far (a cautious running estimate of real output over ``max_tokens``, 1.0 until
-            eight requests have settled) instead of the whole ``max_tokens``. Reserving the
-            whole worst case holds tokens that are never used for as long as a request runs,
-            which can keep the real token rate far below the limit.
+            eight requests have settled) instead of the whole ``max_tokens``, and to let the
+            head waiter spend at once a refund that overfills a cell. Reserving the whole worst
+            case holds tokens that are never used for as long as a request runs, and refunds
+            landing on a full cell are lost, which can keep the real token rate far below the
+            limit.
         token_counter: Counts the tokens of a prompt text; defaults to `default_token_counter`.
     """
 
@@ -183,6 +187,7 @@ class _GCRA:
         "_largest",
         "_max_capacity",
         "_min_capacity",
+        "_surplus_at",
         "_tat",
         "_tolerance",
         "burst",
@@ -192,6 +197,8 @@ class _GCRA:
     def __init__(self, per_minute: float, burst: float) -> None:
         self.burst = burst
         self._tat = -math.inf
+        # The instant at which the cell is fuller than its capacity (see `settle`), if any.
+        self._surplus_at = -math.inf
         self.per_minute = per_minute
         self._min_capacity = 1.0
         self._max_capacity = 1.0
@@ -234,6 +241,12 @@ class _GCRA:
         """The sustained rate in units per second."""
         return 1.0 / self._interval
 
+    def _start(self, now: float) -> float:
+        # Where a charge at `now` starts from: the TAT, or now for a cell that is full. Only at
+        # the instant of a refund may it start from the past (a cell fuller than its capacity).
+        tat = self._tat
+        return tat if tat > now or now == self._surplus_at else now
+
     def _base(self, now: float, cost: float) -> float:
         # A cost up to the capacity starts from the TAT or now, whichever is later. A cost
         # beyond even the largest capacity must also find the cell idle long enough to have
@@ -252,9 +265,9 @@ class _GCRA:
                 self._reconfigure(now, self.per_minute)
             base = self._base(now, cost)
         else:
-            # The common case, inlined from _base: no excess to bank.
+            # `_start`, inlined: this runs for every cell of every admission.
             tat = self._tat
-            base = tat if tat > now else now
+            base = tat if tat > now or now == self._surplus_at else now
         wait = base + cost * self._interval - self._tolerance - now
         return wait if wait > _EPSILON else 0.0
 
@@ -265,7 +278,7 @@ class _GCRA:
                 base = self._base(now, cost)
             else:
                 tat = self._tat
-                base = tat if tat > now else now
+                base = tat if tat > now or now == self._surplus_at else now
             self._tat = base + cost * self._interval
 
     def try_acquire(self, now: float, cost: float) -> float:
@@ -275,8 +288,13 @@ class _GCRA:
             self.commit(now, cost)
         return wait
 
-    def settle(self, now: float, reserved: float, actual: float) -> None:
-        """Correct a reservation: refund what was not used, or charge what was used on top."""
+    def settle(self, now: float, reserved: float, actual: float, overfill: bool = True) -> None:
+        """Correct a reservation: refund what was not used, or charge what was used on top.
+
+        With `overfill`, a refund that overfills the cell is kept for this instant only: a
+        request admitted at the same `now` may spend it, and from the next instant on the cell
+        holds its capacity at most again. Without, the cell keeps its capacity at most.
+        """
         delta = actual - reserved
         if delta == 0 or not math.isfinite(delta):
             return
@@ -284,9 +302,21 @@ class _GCRA:
             if delta < 0:
                 return
             self._tat = now
-        # A refund may move the TAT into the past; max(tat, now) in wait_time caps the credit
-        # at a full cell, so a refund can never create capacity beyond the burst.
-        self._tat += delta * self._interval
+        if delta > 0 or not overfill:
+            # Charged on the TAT itself, as if at admission: idle time since absorbs it. A
+            # refund that moves the TAT into the past leaves a full cell (see `_start`).
+            self._tat += delta * self._interval
+            return
+        # Capping a refund at a full cell would waste it whenever it lands on a cell that is
+        # nearly full, which is where a paced cell sits: its head waiter needs nearly the
+        # whole capacity. With the capacity about one reservation, that lost 5-8% of the limit
+        # (measured at 3,000 TPM). So the overflow is kept for this instant, for the head
+        # waiter that the refund lets in now. Spent at the instant of the refund, it stays
+        # inside the bound that refunds already loosen (the refunds of earlier requests
+        # settled in the window); idle time is never banked, because the refund starts from a
+        # full cell, not a stale TAT.
+        self._tat = self._start(now) + delta * self._interval
+        self._surplus_at = now
 
     def set_rate(self, now: float, per_minute: float) -> None:
         """Change the limit, keeping the units available now (at most the new capacity)."""
@@ -295,7 +325,7 @@ class _GCRA:
 
     def available(self, now: float) -> float:
         """Return the units that could be admitted at once right now (negative in debt)."""
-        return (self._tolerance - max(self._tat - now, 0.0)) / self._interval
+        return (self._tolerance - (self._start(now) - now)) / self._interval
 
     def cap_available(self, now: float, remaining: float) -> None:
         """Lower the units available now to `remaining`, never raise them."""
@@ -675,7 +705,12 @@ class _RateLimiterCore:
             self.output_ratio.add(actual["output_tokens"] / max_output_tokens)
         for name, cell in self._cells.items():
             if name in actual:
-                cell.settle(now, reserved.get(name, 0.0), actual[name])
+                cell.settle(now, reserved.get(name, 0.0), actual[name], self._estimate_output)
+
+    def release(self, now: float, reserved: Mapping[str, float]) -> None:
+        """Give back a reservation that was never used, as if its request cost nothing."""
+        for name, cell in self._cells.items():
+            cell.settle(now, reserved.get(name, 0.0), 0.0, overfill=False)
 
     def pause(self, until: float) -> bool:
         """Stop every admission until `until`; return whether that extended the pause."""
@@ -714,6 +749,17 @@ class _RateLimiterCore:
                 end = now + limit.reset
                 cooldown = end if cooldown is None else max(cooldown, end)
         return cooldown
+
+
+class _Head:
+    """The request at the head of a `RateLimiter`'s queue, and the costs a settle admitted it at."""
+
+    __slots__ = ("granted", "input_tokens", "max_output_tokens")
+
+    def __init__(self, input_tokens: int, max_output_tokens: int) -> None:
+        self.input_tokens = input_tokens
+        self.max_output_tokens = max_output_tokens
+        self.granted: Mapping[str, float] | None = None
 
 
 class Permit:
@@ -794,6 +840,7 @@ class RateLimiter:
         "_cooldowns",
         "_core",
         "_delayed",
+        "_head",
         "_lock",
         "_policy",
         "_wait_seconds",
@@ -806,6 +853,7 @@ class RateLimiter:
         self._clock = clock
         self._lock = anyio.Lock()
         self._changed: anyio.Event | None = None
+        self._head: _Head | None = None
         self._admitted = 0
         self._delayed = 0
         self._wait_seconds = 0.0
@@ -837,19 +885,32 @@ class RateLimiter:
         self._waiting += 1
         try:
             async with self._lock:
-                while True:
-                    now = self._clock()
-                    # Priced at admission, not on arrival: the output ratio learned while this
-                    # request queued applies to it (else a queue that filled before the first
-                    # answers settled would all reserve the whole max_tokens).
-                    costs = self._core.costs(input_tokens, max_output_tokens)
-                    wait = self._core.try_acquire(now, costs)
-                    if wait == 0.0:
-                        break
-                    if self._changed is None:
-                        self._changed = anyio.Event()
-                    with anyio.move_on_after(wait):
-                        await self._changed.wait()
+                head = self._head = _Head(input_tokens, max_output_tokens)
+                costs: Mapping[str, float]
+                try:
+                    while True:
+                        if head.granted is not None:
+                            costs = head.granted
+                            break
+                        now = self._clock()
+                        # Priced at admission, not on arrival: the output ratio learned while
+                        # this request queued applies to it (else a queue that filled before the
+                        # first answers settled would all reserve the whole max_tokens).
+                        costs = self._core.costs(input_tokens, max_output_tokens)
+                        wait = self._core.try_acquire(now, costs)
+                        if wait == 0.0:
+                            break
+                        if self._changed is None:
+                            self._changed = anyio.Event()
+                        with anyio.move_on_after(wait):
+                            await self._changed.wait()
+                except BaseException:
+                    if head.granted is not None:
+                        # Admitted by a settle but cancelled before it could go: give it back.
+                        self._core.release(self._clock(), head.granted)
+                    raise
+                finally:
+                    self._head = None
         finally:
             self._waiting -= 1
         waited = max(self._clock() - start, 0.0)
@@ -910,7 +971,16 @@ class RateLimiter:
             "input_tokens": float(used_in),
             "output_tokens": float(used_out),
         }
-        self._core.settle(self._clock(), permit.reserved, actual, permit.max_output_tokens)
+        now = self._clock()
+        self._core.settle(now, permit.reserved, actual, permit.max_output_tokens)
+        head = self._head
+        if head is not None and head.granted is None:
+            # Admit the head here, at the instant of the refund: only then may it spend a
+            # refund that overfills a cell (see `_GCRA.settle`). Waking it to look for itself
+            # would come a moment later, on a real clock, and find the overflow gone.
+            costs = self._core.costs(head.input_tokens, head.max_output_tokens)
+            if self._core.try_acquire(now, costs) == 0.0:
+                head.granted = costs
         self._wake()
 
     def observe(self, headers: Mapping[str, str], status: int) -> None:

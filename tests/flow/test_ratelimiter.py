@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Callable
 
 import anyio
 import anyio.lowlevel
@@ -180,6 +182,80 @@ async def test_settling_a_refund_wakes_the_waiting_head() -> None:
     assert anyio.current_time() - start < 0.2
     limiter.settle(first, 1_000, 1_000)  # a second settle changes nothing
     assert first.settled
+
+
+def ticking_clock() -> Callable[[], float]:
+    """Return a clock that moves on by a microsecond at every read, as a real one does."""
+    reads = itertools.count()
+
+    def clock() -> float:
+        return anyio.current_time() + next(reads) * 1e-6
+
+    return clock
+
+
+async def test_a_refund_that_overfills_the_cell_is_spent_by_the_head_not_lost() -> None:
+    """A refund landing on a nearly full cell lets the queue's head in at once, and the rest of it
+    stays available, even on a clock that never reads the same instant twice."""
+    limiter = RateLimiter(RateLimit(tokens_per_minute=6_000), clock=ticking_clock())
+    first = await limiter.acquire(50, 50)  # the whole capacity: 100 tokens in a second
+    admitted = anyio.Event()
+
+    async def head() -> None:
+        await limiter.acquire(50, 50)
+        admitted.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(head)
+        await anyio.sleep(0.9)  # 90 tokens back: the head still needs 10 more
+        assert not admitted.is_set()
+        limiter.settle(first, 5, 5)  # 90 of the 100 refunded: 180 for an instant
+        await admitted.wait()
+    # About 80 are left; capped at a full cell, the refund would have left nothing after the
+    # head's 100.
+    assert limiter.acquire_nowait(35, 35) is not None
+
+
+async def test_a_head_admitted_by_a_refund_but_cancelled_gives_its_reservation_back() -> None:
+    """A waiter cancelled in the instant a settle admitted it returns what it was granted."""
+    limiter = RateLimiter(RateLimit(tokens_per_minute=6_000), clock=ticking_clock())
+    first = await limiter.acquire(50, 50)
+    scope = anyio.CancelScope()
+
+    async def head() -> None:
+        with scope:
+            await limiter.acquire(50, 50)
+        assert scope.cancelled_caught
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(head)
+        await anyio.sleep(0.9)
+        # Cancelled, then admitted by the refund before it runs again.
+        scope.cancel()
+        limiter.settle(first, 5, 5)
+    assert limiter.statistics().waiting == 0
+    # The head's 100 went back: the whole capacity is free again.
+    assert limiter.acquire_nowait(50, 50) is not None
+
+
+async def test_reserving_the_worst_case_keeps_refunds_capped_at_a_full_cell() -> None:
+    """With estimate_output off, a refund never fills a cell beyond its capacity."""
+    limiter = RateLimiter(
+        RateLimit(tokens_per_minute=6_000, estimate_output=False), clock=ticking_clock()
+    )
+    first = await limiter.acquire(50, 50)
+    admitted = anyio.Event()
+
+    async def head() -> None:
+        await limiter.acquire(50, 50)
+        admitted.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(head)
+        await anyio.sleep(0.9)
+        limiter.settle(first, 5, 5)
+        await admitted.wait()
+    assert limiter.acquire_nowait(1, 1) is None
 
 
 async def test_statistics_and_repr_describe_the_limiter() -> None:
