@@ -15,6 +15,9 @@ What it runs:
   ``httpx2``        a raw ``httpx2.AsyncClient`` with its stock transport
   ``fast``          a raw ``httpx2.AsyncClient`` over ``corral.FastTransport``
   ``fast-direct``   ``FastTransport.handle_async_request`` with no client around it
+  ``floor``         no HTTP library: one anyio TCP stream per worker, the request's bytes
+                    written as they are, the answer parsed with httptools and decoded with
+                    ``json.loads``; the least any Python client on anyio can do per request
   ``corral``        ``corral.Client.run``, the full pipeline (see CORRAL CLIENT HOOK below):
                     retries on, a rate limiter set far above the load, statistics collected
   ``corral-httpx``  the same with ``transport="httpx"``: httpx2's stock client and transport
@@ -48,7 +51,16 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-CLIENTS = ("aiohttp", "openai", "httpx2", "fast", "fast-direct", "corral", "corral-httpx")
+CLIENTS = (
+    "aiohttp",
+    "openai",
+    "httpx2",
+    "fast",
+    "fast-direct",
+    "floor",
+    "corral",
+    "corral-httpx",
+)
 ASYNCIO_ONLY = frozenset({"aiohttp", "openai"})
 MODEL = "gpt-4o-mini"
 PROMPT = [{"role": "user", "content": "What is 2 + 2? Answer with one number."}]
@@ -214,6 +226,65 @@ async def bench_fast_direct(
         return [await timed(drive(call, concurrency, n)) for n in rounds]
 
 
+async def bench_floor(
+    base: str, concurrency: int, rounds: list[int]
+) -> list[tuple[float, float, int]]:
+    import anyio
+    import httptools
+
+    url = httptools.parse_url((base + "/chat/completions").encode())
+    host, port = url.host.decode(), url.port or 80
+    request = b"".join(
+        [
+            b"POST %b HTTP/1.1\r\nHost: %b:%d\r\n" % (url.path, url.host, port),
+            b"content-type: application/json\r\nauthorization: Bearer x\r\n",
+            b"content-length: %d\r\n\r\n%b" % (len(REQUEST_BODY), REQUEST_BODY),
+        ]
+    )
+
+    class Answer:
+        """httptools callbacks: the body of one response, and whether it is complete."""
+
+        __slots__ = ("body", "complete")
+
+        def __init__(self) -> None:
+            self.body: list[bytes] = []
+            self.complete = False
+
+        def on_body(self, body: bytes) -> None:
+            self.body.append(body)
+
+        def on_message_complete(self) -> None:
+            self.complete = True
+
+    async def batch(total: int) -> int:
+        remaining = total
+        failures = 0
+
+        async def worker() -> None:
+            nonlocal remaining, failures
+            answer = Answer()
+            parser = httptools.HttpResponseParser(answer)
+            async with await anyio.connect_tcp(host, port) as stream:
+                while remaining > 0:
+                    remaining -= 1
+                    await stream.send(request)
+                    while not answer.complete:
+                        parser.feed_data(await stream.receive())
+                    json.loads(b"".join(answer.body))
+                    if parser.get_status_code() != 200:
+                        failures += 1
+                    answer.body.clear()
+                    answer.complete = False
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(min(concurrency, total)):
+                tg.start_soon(worker)
+        return failures
+
+    return [await timed(batch(n)) for n in rounds]
+
+
 async def bench_openai(
     base: str, concurrency: int, rounds: list[int]
 ) -> list[tuple[float, float, int]]:
@@ -318,6 +389,8 @@ def run_client(name: str, backend: str, base: str, concurrency: int, requests: i
             return await bench_httpx2(base, concurrency, rounds, fast=name == "fast")
         if name == "fast-direct":
             return await bench_fast_direct(base, concurrency, rounds)
+        if name == "floor":
+            return await bench_floor(base, concurrency, rounds)
         return await bench_corral(base, concurrency, rounds, stock=name == "corral-httpx")
 
     results = anyio.run(main, backend=backend)
