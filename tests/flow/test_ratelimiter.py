@@ -194,10 +194,19 @@ def ticking_clock() -> Callable[[], float]:
     return clock
 
 
-async def test_a_refund_that_overfills_the_cell_is_spent_by_the_head_not_lost() -> None:
-    """A refund landing on a nearly full cell lets the queue's head in at once, and the rest of it
-    stays available, even on a clock that never reads the same instant twice."""
-    limiter = RateLimiter(RateLimit(tokens_per_minute=6_000), clock=ticking_clock())
+@pytest.mark.parametrize(
+    ("estimate_output", "overfills"), [(True, True), (False, False)], ids=["estimate", "worst-case"]
+)
+async def test_a_refund_at_a_nearly_full_cell_is_spent_by_the_head_when_estimating_output(
+    estimate_output: bool, overfills: bool
+) -> None:
+    """A refund landing on a nearly full cell lets the queue's head in at once and, with
+    estimate_output on, what the head leaves of it stays available (on a clock that never reads
+    the same instant twice); with it off, refunds stay capped at a full cell."""
+    limiter = RateLimiter(
+        RateLimit(tokens_per_minute=6_000, estimate_output=estimate_output),
+        clock=ticking_clock(),
+    )
     first = await limiter.acquire(50, 50)  # the whole capacity: 100 tokens in a second
     admitted = anyio.Event()
 
@@ -211,9 +220,8 @@ async def test_a_refund_that_overfills_the_cell_is_spent_by_the_head_not_lost() 
         assert not admitted.is_set()
         limiter.settle(first, 5, 5)  # 90 of the 100 refunded: 180 for an instant
         await admitted.wait()
-    # About 80 are left; capped at a full cell, the refund would have left nothing after the
-    # head's 100.
-    assert limiter.acquire_nowait(35, 35) is not None
+    # Overfilled, about 80 are left after the head's 100; capped at a full cell, none.
+    assert (limiter.acquire_nowait(35, 35) is not None) is overfills
 
 
 async def test_a_head_admitted_by_a_refund_but_cancelled_gives_its_reservation_back() -> None:
@@ -236,26 +244,6 @@ async def test_a_head_admitted_by_a_refund_but_cancelled_gives_its_reservation_b
     assert limiter.statistics().waiting == 0
     # The head's 100 went back: the whole capacity is free again.
     assert limiter.acquire_nowait(50, 50) is not None
-
-
-async def test_reserving_the_worst_case_keeps_refunds_capped_at_a_full_cell() -> None:
-    """With estimate_output off, a refund never fills a cell beyond its capacity."""
-    limiter = RateLimiter(
-        RateLimit(tokens_per_minute=6_000, estimate_output=False), clock=ticking_clock()
-    )
-    first = await limiter.acquire(50, 50)
-    admitted = anyio.Event()
-
-    async def head() -> None:
-        await limiter.acquire(50, 50)
-        admitted.set()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(head)
-        await anyio.sleep(0.9)
-        limiter.settle(first, 5, 5)
-        await admitted.wait()
-    assert limiter.acquire_nowait(1, 1) is None
 
 
 async def test_statistics_and_repr_describe_the_limiter() -> None:
