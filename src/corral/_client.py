@@ -116,14 +116,23 @@ class _Tries(Generic[T]):
         "prepared",
     )
 
-    def __init__(self, prepared: _Prepared, attempt: Callable[[], Awaitable[T]], deadline: float):
+    def __init__(
+        self,
+        prepared: _Prepared,
+        attempt: Callable[[], Awaitable[T]],
+        deadline: float,
+        bounded: bool,
+        extensions: dict[str, Any] | None,
+        breaker: Breaker | None,
+    ) -> None:
         self.prepared = prepared
         self.attempt = attempt
         self.deadline = deadline
-        self.bounded = True
+        # Whether an attempt is bounded by request_timeout as a whole (not a stream).
+        self.bounded = bounded
         # The request's extensions when the transport bounds attempts by their "deadline".
-        self.extensions: dict[str, Any] | None = None
-        self.breaker: Breaker | None = None
+        self.extensions = extensions
+        self.breaker = breaker
         self.count = 0
         self.last: _AttemptFailed | None = None
 
@@ -815,19 +824,22 @@ class Client:
         """Call *attempt* under the retry policy; return its value and the attempt count."""
         policy = self._retry
         deadline = start + policy.timeout if policy.timeout is not None else math.inf
-        tries = _Tries(prepared, attempt, deadline)
         # A whole non-streamed attempt runs under request_timeout; a stream bounds only its
         # wait for the first delta (in _open_stream), never the reading of a long answer.
-        tries.bounded = prepared.mode != _STREAM
-        # corral's own transport ends an attempt's waits at its limit itself (the request's
-        # "deadline" extension), which spares a cancel scope per attempt; other transports
-        # run the attempt inside one.
-        if tries.bounded and self._direct is not None:
-            tries.extensions = prepared.http.extensions
+        bounded = prepared.mode != _STREAM
         # `is not None`: an empty registry is falsy (it has a __len__) until its first circuit.
         breakers = self._breakers
-        if breakers is not None:
-            tries.breaker = breakers.get(self._provider.endpoint)
+        tries = _Tries(
+            prepared,
+            attempt,
+            deadline,
+            bounded,
+            # corral's own transport ends an attempt's waits at its limit itself (the request's
+            # "deadline" extension), which spares a cancel scope per attempt; other transports
+            # run the attempt inside one.
+            prepared.http.extensions if bounded and self._direct is not None else None,
+            breakers.get(self._provider.endpoint) if breakers is not None else None,
+        )
 
         # The first attempt runs outside stamina: a success, the common case, then costs
         # nothing extra. A failure is re-raised inside stamina's loop so that stamina decides
