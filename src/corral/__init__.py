@@ -15,8 +15,9 @@ retry policy and the transport.
 - ``_pricing``: :class:`Pricing` and the bundled ``prices.json``.
 - ``_adaptive``: AIMD concurrency for ``max_concurrency="auto"``.
 - ``_streaming``: SSE reading, time to first token, :class:`CompletionStream`.
-- ``_transport`` / ``_transport_pool`` / ``_http11``: :class:`FastTransport`, corral's own
-  HTTP/1.1 transport over anyio streams (httptools or h11 parsing, keep-alive pool).
+- ``_transport`` / ``_transport_pool`` / ``_transport_socket`` / ``_http11``:
+  :class:`FastTransport`, corral's own HTTP/1.1 transport over anyio streams (httptools or h11
+  parsing, keep-alive pool); ``_httpx_shortcuts`` builds its httpx2 objects cheaply.
 - ``_jobs*``: :func:`run_jsonl`, the durable, resumable OpenAI Batch JSONL engine behind
   ``corral run`` (input scan, id table, fsynced writer, manifest).
 - ``_cli``: the ``corral`` command.

@@ -785,7 +785,7 @@ class Client:
                 request = prepared.request
                 start = self._clock()
                 outcome = await self._with_retries(
-                    prepared, start, self._attempt_for(prepared, start)
+                    prepared, start, self._attempt_for(prepared, start), start_is_now=True
                 )
                 if isinstance(outcome, Failure):
                     result = outcome
@@ -819,9 +819,22 @@ class Client:
         return partial(self._attempt, prepared.http, self._provider.parse_response, request)
 
     async def _with_retries(
-        self, prepared: _Prepared, start: float, attempt: Callable[[], Awaitable[T]]
+        self,
+        prepared: _Prepared,
+        start: float,
+        attempt: Callable[[], Awaitable[T]],
+        *,
+        start_is_now: bool = False,
     ) -> tuple[T, int] | Failure:
-        """Call *attempt* under the retry policy; return its value and the attempt count."""
+        """Call *attempt* under the retry policy; return its value and the attempt count.
+
+        Args:
+            prepared: The request.
+            start: When the request started, on the client's clock.
+            attempt: Makes one attempt.
+            start_is_now: Nothing awaited since *start* was read: the first attempt may take
+                it as the time it begins instead of reading the clock again.
+        """
         policy = self._retry
         deadline = start + policy.timeout if policy.timeout is not None else math.inf
         # A whole non-streamed attempt runs under request_timeout; a stream bounds only its
@@ -845,7 +858,7 @@ class Client:
         # nothing extra. A failure is re-raised inside stamina's loop so that stamina decides
         # about it and sleeps its backoff like for any other attempt.
         try:
-            return await self._counted(tries), tries.count
+            return await self._counted(tries, start if start_is_now else None), tries.count
         except _AttemptFailed as exc:
             last = exc
         except _DeadlinePassed:
@@ -881,20 +894,26 @@ class Client:
         # The deadline passed: during an attempt, a wait to send, or a backoff sleep.
         return self._deadline_failure(prepared, tries.last, start, tries.count)
 
-    async def _counted(self, tries: _Tries[T]) -> T:
-        """Make one attempt of *tries*, admitted, bounded and counted; return its value."""
+    async def _counted(self, tries: _Tries[T], now: float | None = None) -> T:
+        """Make one attempt of *tries*, admitted, bounded and counted; return its value.
+
+        Args:
+            tries: The request's retry state.
+            now: The clock's reading, when the caller took it just now (the first attempt).
+        """
         prepared = tries.prepared
         breaker = tries.breaker
         rate = self._rate
         admission: Admission | None = None
         permit: Permit | None = None
+        began = self._clock() if now is None else now
         if breaker is None and rate is not None:
-            permit = rate.acquire_nowait(prepared.input_estimate, prepared.max_output)
+            permit = rate.acquire_nowait(prepared.input_estimate, prepared.max_output, began)
         if breaker is not None or (rate is not None and permit is None):
             admission, permit = await self._wait_to_send(breaker, rate, prepared, tries.deadline)
+            began = self._clock()
         tries.count += 1
         self._attempts += 1
-        began = self._clock()
         outcome: str | None = None  # the error kind's value; None for a success
         sent = True
         # The attempt's limit: the request's deadline, or the attempt's own timeout when that

@@ -87,8 +87,10 @@ def encode_request_head(
     """
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
     wants_close = chunked = has_host = False
+    valid = _VALID_NAMES
     for name, value in headers:
-        _check_token(name)
+        if name not in valid:  # the common case, without a call: a name seen before
+            _check_token(name)
         size = len(name)
         # Length first: most names are none of these, and len() is cheaper than lower().
         if size == 4 and name.lower() == b"host":

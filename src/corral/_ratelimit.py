@@ -920,7 +920,9 @@ class RateLimiter:
             self._wait_seconds += waited
         return Permit(costs, waited, max_output_tokens)
 
-    def acquire_nowait(self, input_tokens: int = 0, max_output_tokens: int = 0) -> Permit | None:
+    def acquire_nowait(
+        self, input_tokens: int = 0, max_output_tokens: int = 0, now: float | None = None
+    ) -> Permit | None:
         """Reserve one request of this size if it may be sent at once; return None if not.
 
         Nobody queued and capacity free: the request goes straight through, as `acquire`
@@ -929,13 +931,15 @@ class RateLimiter:
         Args:
             input_tokens: The estimated prompt tokens (see `RateLimit.count_tokens`).
             max_output_tokens: The most output tokens the request may produce, 0 if unknown.
+            now: The current time on the limiter's clock, when the caller has just read it;
+                None reads the clock.
         """
         if self._waiting:
             return None
         input_tokens = max(int(input_tokens), 0)
         max_output_tokens = max(int(max_output_tokens), 0)
         costs = self._core.costs(input_tokens, max_output_tokens)
-        if self._core.try_acquire(self._clock(), costs) != 0.0:
+        if self._core.try_acquire(self._clock() if now is None else now, costs) != 0.0:
             return None
         self._admitted += 1
         return Permit(costs, 0.0, max_output_tokens)

@@ -36,6 +36,7 @@ from ._http11 import (
     encode_chunk,
     encode_request_head,
 )
+from ._httpx_shortcuts import streamed_response
 from ._transport_pool import Connection, ConnectionPool, Origin, close_stream, within
 from ._transport_socket import DeadlinePassed, SocketStream, open_tcp_socket
 
@@ -220,10 +221,11 @@ class _ResponseStream(httpx2.AsyncByteStream):
         body.clear()
         return data
 
-    async def _release(self, conn: Connection) -> None:
+    def _finish(self, conn: Connection) -> bool:
+        """Mark the body complete and give the connection back; False if it must be closed."""
         self._conn = None
         self._complete = True
-        await self._pool.release(conn, reuse=self._keep and self._parser.reusable())
+        return self._pool.give_back(conn, reuse=self._keep and self._parser.reusable())
 
     async def _read(self) -> None:
         conn = self._conn
@@ -247,8 +249,8 @@ class _ResponseStream(httpx2.AsyncByteStream):
             if mapped is None:
                 raise
             raise mapped from exc
-        if parser.message_complete:
-            await self._release(conn)
+        if parser.message_complete and not self._finish(conn):
+            await close_stream(conn.stream)
 
     async def aclose(self) -> None:
         """Close the stream; a connection whose response was not read to the end is closed."""
@@ -283,8 +285,9 @@ class _Response(httpx2.Response):
                     self.is_stream_consumed = True
                     self._num_bytes_downloaded = len(body)
                     self.is_closed = True
-                    assert isinstance(stream, httpx2.AsyncByteStream)
-                    await stream.aclose()
+                    if stream is not inner or inner._conn is not None:
+                        assert isinstance(stream, httpx2.AsyncByteStream)
+                        await stream.aclose()
                     return body
         return await super().aread()
 
@@ -413,7 +416,9 @@ class FastTransport(httpx2.AsyncBaseTransport):
         except httpx2.RequestNotRead:
             body = None
 
-        conn = await self._pool.checkout(origin, pool_timeout, connect_timeout, deadline)
+        conn = self._pool.take_idle(origin)
+        if conn is None:
+            conn = await self._pool.checkout(origin, pool_timeout, connect_timeout, deadline)
         if conn.socket is not None:
             conn.socket.deadline = deadline
         self._requests += 1
@@ -436,15 +441,16 @@ class FastTransport(httpx2.AsyncBaseTransport):
             await self._pool.discard(conn)
             raise
         stream = _ResponseStream(self._pool, conn, parser, read_timeout, not wants_close)
-        if parser.message_complete:
-            # The usual small JSON answer came with its headers: free the connection now.
-            await stream._release(conn)
+        # The usual small JSON answer came with its headers: free the connection now.
+        if parser.message_complete and not stream._finish(conn):
+            await close_stream(conn.stream)
         try:
-            return _Response(
+            return streamed_response(
+                _Response,
                 parser.status_code,
-                headers=parser.headers,
-                stream=stream,
-                extensions={"http_version": parser.http_version, "reason_phrase": parser.reason},
+                parser.headers,
+                stream,
+                {"http_version": parser.http_version, "reason_phrase": parser.reason},
             )
         except BaseException:
             await stream.aclose()
@@ -467,9 +473,19 @@ class FastTransport(httpx2.AsyncBaseTransport):
         scope: anyio.CancelScope | None = None
         try:
             if write_timeout is None and read_timeout is None:
-                await self._write(stream, head, body, request, chunked, None, None)
+                # The common case, inline: a coroutine less on the stack at every wait.
+                if body is not None and len(body) <= _COALESCE_LIMIT:
+                    await stream.send(head + body if body else head)
+                else:
+                    await self._write(stream, head, body, request, chunked, None, None)
                 writing = False
-                await self._read_head(stream, parser, None, None)
+                while not parser.headers_complete:
+                    try:
+                        data = await stream.receive(_READ_SIZE)
+                    except anyio.EndOfStream:
+                        parser.feed_eof()
+                        break
+                    parser.feed(data)
             else:
                 now = anyio.current_time()
                 write_deadline = _INF if write_timeout is None else now + write_timeout

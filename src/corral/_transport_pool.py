@@ -72,7 +72,16 @@ class Connection:
         socket: The TCP stream underneath, whose waits end at a request's deadline.
     """
 
-    __slots__ = ("_raw_socket", "idle_since", "origin", "parser", "requests", "socket", "stream")
+    __slots__ = (
+        "_raw_socket",
+        "clock",
+        "idle_since",
+        "origin",
+        "parser",
+        "requests",
+        "socket",
+        "stream",
+    )
 
     def __init__(
         self, stream: anyio.abc.ByteStream, origin: Origin, socket: SocketStream | None = None
@@ -85,6 +94,9 @@ class Connection:
         # The connection's own response parser, kept across responses when it can be.
         self.parser: HttptoolsParser | None = None
         self._raw_socket = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+        #: anyio's clock, read through the backend the socket found: anyio.current_time looks
+        #: the backend up again at every call.
+        self.clock: Callable[[], float] = anyio.current_time if socket is None else socket.clock
 
     def is_readable(self) -> bool:
         """Return whether the idle connection has something to read: an EOF, or stray bytes.
@@ -181,6 +193,34 @@ class ConnectionPool:
         """Whether :meth:`aclose` was called."""
         return self._closed
 
+    def take_idle(self, origin: Origin) -> Connection | None:
+        """Return the newest idle connection to *origin*, counted as active, if that is all.
+
+        The common case without a wait: the newest idle connection is live and nothing else
+        needs closing. Otherwise return None, and :meth:`checkout` does the rest.
+
+        Args:
+            origin: Where the request goes.
+        """
+        pool = self._origins.get(origin)
+        if pool is None or self._closed:
+            return None
+        idle = pool.idle
+        if not idle:
+            return None
+        conn = idle[-1]
+        expiry = self._expiry
+        if expiry is not None:
+            now = conn.clock()
+            if now - conn.idle_since > expiry or now - idle[0].idle_since > expiry:
+                return None
+        if conn.is_readable():
+            return None
+        idle.pop()
+        pool.active += 1
+        conn.requests += 1
+        return conn
+
     async def checkout(
         self,
         origin: Origin,
@@ -225,7 +265,7 @@ class ConnectionPool:
 
     async def _reuse(self, pool: _OriginPool) -> Connection | None:
         idle = pool.idle
-        now = anyio.current_time()
+        now = idle[-1].clock()
         expiry = self._expiry
         while idle:
             # Newest first keeps few connections warm; the oldest expire at the other end.
@@ -325,12 +365,15 @@ class ConnectionPool:
             self._open -= 1
             self._grant()
 
-    async def release(self, conn: Connection, reuse: bool = True) -> None:
-        """Take back a connection whose response was read to the end.
+    def give_back(self, conn: Connection, reuse: bool = True) -> bool:
+        """Take back a connection whose response was read to the end, without waiting.
+
+        Return True when it was kept for reuse or handed to a waiting request, and False when
+        it must be closed: the caller then closes its stream (:meth:`release` does both).
 
         Args:
             conn: A connection from :meth:`checkout`.
-            reuse: Whether the connection may carry another request; if not, it is closed.
+            reuse: Whether the connection may carry another request.
         """
         pool = self._origins[conn.origin]
         pool.active -= 1
@@ -342,14 +385,24 @@ class ConnectionPool:
                 pool.active += 1
                 conn.requests += 1
                 waiter.event.set()
-                return
+                return True
             if not waiters:
-                conn.idle_since = anyio.current_time()
+                conn.idle_since = conn.clock()
                 pool.idle.append(conn)
-                return
+                return True
             # The longest waiter wants another origin: this slot serves it better closed.
         self._forget(conn)
-        await close_stream(conn.stream)
+        return False
+
+    async def release(self, conn: Connection, reuse: bool = True) -> None:
+        """Take back a connection whose response was read to the end; close it if it is done.
+
+        Args:
+            conn: A connection from :meth:`checkout`.
+            reuse: Whether the connection may carry another request; if not, it is closed.
+        """
+        if not self.give_back(conn, reuse):
+            await close_stream(conn.stream)
 
     async def discard(self, conn: Connection) -> None:
         """Close a checked-out connection that must not be reused.

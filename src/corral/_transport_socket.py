@@ -55,7 +55,16 @@ class SocketStream(anyio.abc.ByteStream):
         sock: The socket; closed with the stream.
     """
 
-    __slots__ = ("_backend", "_closed", "_patience", "_ready_reads", "_sock", "deadline")
+    __slots__ = (
+        "_backend",
+        "_closed",
+        "_patience",
+        "_ready_reads",
+        "_replied",
+        "_sock",
+        "clock",
+        "deadline",
+    )
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
@@ -64,8 +73,12 @@ class SocketStream(anyio.abc.ByteStream):
         # 0: the last pass through the event loop found the data there, so try that first again.
         # Else the number of waits left before trying it once more.
         self._patience = 0
+        # False from a send until the next receive: the answer cannot be there yet.
+        self._replied = True
         # Looked up once: anyio's module-level functions find the backend again on every call.
         self._backend = anyio.lowlevel.current_token().backend_class
+        #: anyio's clock (the backend's own function, found once).
+        self.clock: Callable[[], float] = self._backend.current_time
         #: When (on anyio's clock) a wait for the socket gives up with DeadlinePassed.
         self.deadline = math.inf
 
@@ -95,6 +108,14 @@ class SocketStream(anyio.abc.ByteStream):
         sock = self._sock
         backend = self._backend
         yielded = False
+        if not self._replied:
+            self._replied = True
+            if not self._patience and not self._closed:
+                # Just after a send the answer is not there yet: a recv now would only raise
+                # BlockingIOError (an exception and a traceback per request). Let the other
+                # tasks run first, as the loop below would after that failed recv.
+                yielded = True
+                await backend.checkpoint()
         for _ in range(1_000_000):
             if self._closed:
                 raise anyio.ClosedResourceError
@@ -155,6 +176,7 @@ class SocketStream(anyio.abc.ByteStream):
             except OSError as exc:
                 raise anyio.BrokenResourceError from exc
             view = view[sent:]
+        self._replied = False
 
     async def send_eof(self) -> None:
         """Shut down the sending side."""

@@ -15,7 +15,7 @@ import pytest
 import stamina
 
 import corral
-from corral.providers import Anthropic, Gemini, Provider
+from corral.providers import Anthropic, Gemini, OpenAI, Provider
 
 pytestmark = pytest.mark.anyio
 
@@ -81,6 +81,61 @@ async def test_anthropic_without_max_tokens_fails_before_sending(no_backoff: Non
     assert server.hits == {"/v1/messages": 1}
     assert stats.failed == 2
     assert stats.succeeded == 1
+
+
+def _cyclic() -> dict[str, Any]:
+    loop: dict[str, Any] = {}
+    loop["self"] = loop
+    return loop
+
+
+_NOT_JSON = {"set": {1, 2}, "bytes": b"bytes", "object": object(), "cycle": _cyclic()}
+
+
+@pytest.mark.parametrize(
+    ("provider", "where", "value"),
+    [
+        *(
+            pytest.param(provider, "extra", value, id=f"{provider}-{name}")
+            for provider in ("openai", "anthropic", "gemini")
+            for name, value in _NOT_JSON.items()
+        ),
+        # Only OpenAI passes a message's own extra fields through.
+        pytest.param("openai", "message", {1, 2}, id="openai-message-extra"),
+    ],
+)
+async def test_a_body_that_is_not_json_is_refused_before_sending(
+    no_backoff: None, provider: str, where: str, value: object
+) -> None:
+    """A non-JSON value in extra is a bad_request for that request alone; the batch goes on."""
+    adapters: dict[str, Provider] = {
+        "openai": OpenAI("http://127.0.0.1:9/v1", api_key="k"),
+        "anthropic": Anthropic("http://127.0.0.1:9", api_key="k"),
+        "gemini": Gemini("http://127.0.0.1:9", api_key="k"),
+    }
+    server = Replay(lambda: recorded(provider, "chat-basic"))
+
+    def bad(i: int) -> corral.ChatRequest:
+        if where == "extra":
+            return chat(i, max_tokens=16, extra={"odd": value})
+        message = corral.Message("user", "hi", extra={"odd": value})
+        return corral.ChatRequest("gemini-2.5-flash", [message], id=f"q{i}", max_tokens=16)
+
+    async with server.client(adapters[provider]) as client:
+        with pytest.raises(corral.InvalidRequestError, match="not JSON") as raised:
+            await client.complete(bad(1))
+        batch = await client.run([bad(2), chat(3, max_tokens=16)])
+        async with client.stream([bad(4)]) as results:
+            streamed = [r async for r in results]
+    assert isinstance(raised.value.__cause__, TypeError | ValueError | RecursionError)
+    refused, answered = batch.results
+    assert isinstance(refused, corral.Failure)
+    assert refused.error.kind is corral.ErrorKind.BAD_REQUEST
+    assert "must be a JSON value" in refused.error.message
+    assert refused.attempts == 0
+    assert isinstance(answered, corral.Completion)
+    assert [r.error.kind for r in streamed if isinstance(r, corral.Failure)] == ["bad_request"]
+    assert sum(server.hits.values()) == 1
 
 
 @pytest.mark.virtual_time

@@ -109,6 +109,50 @@ async def test_data_always_ready_still_lets_other_tasks_run() -> None:
     assert ticks >= reads // 16 - 1
 
 
+class _CountingSocket(socket.socket):
+    """A socket that counts its recv calls, and those that found nothing to read."""
+
+    recvs = 0
+    empty = 0
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        self.recvs += 1
+        try:
+            return super().recv(bufsize, flags)
+        except BlockingIOError:
+            self.empty += 1
+            raise
+
+
+async def test_a_receive_just_after_a_send_does_not_try_the_socket_first() -> None:
+    """Right after a send, receive lets the loop run before its first recv, which would fail."""
+    ours, theirs = socket.socketpair()
+    counting = _CountingSocket(ours.family, ours.type, fileno=ours.detach())
+    with counting, theirs:
+        counting.setblocking(False)
+        theirs.setblocking(False)
+        stream = SocketStream(counting)
+
+        async def answer_each_ping() -> None:
+            while True:
+                await anyio.wait_readable(theirs)
+                theirs.send(theirs.recv(100).upper())
+
+        rounds = 20
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(answer_each_ping)
+            await anyio.wait_all_tasks_blocked()
+            for _ in range(rounds):
+                await stream.send(b"ping")
+                assert await stream.receive() == b"PING"
+            tg.cancel_scope.cancel()
+    # A recv at once after the send always comes up empty (the peer has not run yet); then the
+    # loop runs, and the peer may or may not have answered by the next try. Trying the socket
+    # first would mean at least one empty recv per round, and two in most.
+    assert counting.recvs == rounds + counting.empty
+    assert counting.empty <= rounds
+
+
 async def test_refused_address_is_an_os_error() -> None:
     """Connecting where nothing listens raises OSError (ConnectError in the transport)."""
     with pytest.raises(OSError, match=r"refused|failed"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import json.encoder
 import os
 import re
 from collections.abc import Mapping
@@ -20,7 +21,8 @@ from typing import Any, Final, Protocol, runtime_checkable
 
 import httpx2
 
-from .._errors import ConfigurationError
+from .._errors import ConfigurationError, InvalidRequestError
+from .._httpx_shortcuts import json_post
 from .._models import (
     ChatRequest,
     Completion,
@@ -386,6 +388,18 @@ def is_loopback(url: str) -> bool:
 
 # One compact encoder for every body: json.dumps with options builds a new one per call.
 _ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+# And JSONEncoder.encode builds json's C encoder afresh per call (with a dict to catch cycles):
+# build it once. Without that dict a cycle ends in RecursionError, which encode_json reports
+# like any other value that is not JSON. None where json has no C accelerator.
+# (typeshed does not declare json.encoder.c_make_encoder, hence getattr.)
+_MAKE_C_ENCODER: Final[Any] = getattr(json.encoder, "c_make_encoder", None)
+_C_ENCODE: Final[Any] = (
+    None
+    if _MAKE_C_ENCODER is None
+    else _MAKE_C_ENCODER(
+        None, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",", False, False, True
+    )
+)
 
 
 def encode_json(body: Mapping[str, Any]) -> bytes:
@@ -393,8 +407,26 @@ def encode_json(body: Mapping[str, Any]) -> bytes:
 
     Args:
         body: The JSON object.
+
+    Raises:
+        InvalidRequestError: The body holds a value that is not JSON (a set, bytes, an object
+            of your own, a cycle), typically in a request's ``extra`` fields.
     """
-    return _ENCODER.encode(body).encode()
+    try:
+        if _C_ENCODE is not None:
+            return "".join(_C_ENCODE(body, 0)).encode()
+        return _ENCODER.encode(body).encode()
+    except (TypeError, ValueError, RecursionError) as exc:
+        why = (
+            "nested too deeply, or it contains itself"
+            if isinstance(exc, RecursionError)
+            else str(exc)
+        )
+        raise InvalidRequestError(
+            f"the request body is not JSON ({why}); every value in extra, in a message's "
+            f"extra and in its content parts must be a JSON value: a dict with string keys, "
+            f"a list, a string, a number, a bool or None"
+        ) from exc
 
 
 def post_json(
@@ -413,12 +445,11 @@ def post_json(
     """
     url = url if isinstance(url, httpx2.URL) else httpx2.URL(url)
     content = encode_json(body)
-    framing = [("Host", url.netloc.decode("ascii")), ("Content-Length", str(len(content)))]
-    request = httpx2.Request(
-        "POST", url, headers=[*framing, *headers.items()], stream=httpx2.ByteStream(content)
-    )
-    request.read()  # a ByteStream: sets request.content at once, nothing awaits
-    return request
+    # What httpx2 would hold: names and values encoded as ASCII (a value that is not raises
+    # UnicodeEncodeError, as there).
+    raw = [(b"Host", url.netloc), (b"Content-Length", b"%d" % len(content))]
+    raw += [(name.encode("ascii"), value.encode("ascii")) for name, value in headers.items()]
+    return json_post(url, raw, content)
 
 
 #: What reading a hostile JSON value can raise, besides the adapter's own errors: a parser
@@ -536,7 +567,9 @@ def details(value: Any) -> Mapping[str, Any]:
     Args:
         value: A sub-object of a response, as decoded.
     """
-    return value if isinstance(value, Mapping) else {}
+    if type(value) is dict:  # what json.loads gives: no ABC check on the hot path
+        return value
+    return value if value is not None and isinstance(value, Mapping) else {}
 
 
 def error_info(

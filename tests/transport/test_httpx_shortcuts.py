@@ -1,0 +1,89 @@
+"""httpx2 objects built by the shortcuts equal those httpx2's own constructors build."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx2
+import pytest
+
+from corral._httpx_shortcuts import json_post, raw_headers, streamed_response
+from corral._transport import _Response
+from corral.providers._base import post_json
+
+PAIRS = [
+    (b"Host", b"api.example.org:8443"),
+    (b"Content-Length", b"17"),
+    (b"Content-Type", b"application/json"),
+    (b"X-Twice", b"a"),
+    (b"x-twice", b"b"),
+]
+
+
+def state(obj: object, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Return an object's attributes, headers as their private list, streams by type."""
+    found: dict[str, Any] = {}
+    for name, value in vars(obj).items():
+        if name in skip:
+            continue
+        if isinstance(value, httpx2.Headers):
+            value = (vars(value), value.raw)
+        elif isinstance(value, httpx2.ByteStream):
+            value = (type(value), b"".join(value))
+        found[name] = value
+    return found
+
+
+def test_raw_headers_equal_httpx2_headers() -> None:
+    """raw_headers holds exactly what httpx2.Headers holds for the same byte pairs."""
+    built = raw_headers(PAIRS)
+    stock = httpx2.Headers(PAIRS)
+    assert vars(built) == vars(stock)
+    assert built == stock
+    assert built.get_list("x-twice") == ["a", "b"]
+
+
+def test_json_post_equals_a_read_httpx2_request() -> None:
+    """json_post builds the request httpx2.Request builds (and reads) from the same parts."""
+    url = httpx2.URL("https://api.example.org:8443/v1/chat/completions")
+    body = b'{"model":"m"}'
+    built = json_post(url, PAIRS, body)
+    stock = httpx2.Request("POST", url, headers=PAIRS, stream=httpx2.ByteStream(body))
+    stock.read()
+    assert state(built) == state(stock)
+    assert built.content == body
+    assert repr(built) == repr(stock)
+
+
+def test_post_json_matches_httpx2_with_content() -> None:
+    """post_json sends what httpx2 would for the same URL, headers and JSON body."""
+    url = httpx2.URL("http://127.0.0.1:8000/v1/chat/completions")
+    headers = {"authorization": "Bearer k", "content-type": "application/json"}
+    built = post_json(url, headers, {"model": "m", "messages": [{"content": "héllo"}]})
+    stock = httpx2.Request("POST", url, headers=headers, content=built.content)
+    assert built.content == '{"model":"m","messages":[{"content":"héllo"}]}'.encode()
+    # The framing headers come first here, last in httpx2: the same fields.
+    assert sorted(built.headers.raw) == sorted(stock.headers.raw)
+    assert state(built, skip=("headers",)) == state(stock, skip=("headers",))
+
+
+def test_post_json_refuses_a_header_value_httpx2_refuses() -> None:
+    """A header value that is not ASCII fails as it would in httpx2.Request."""
+    url = httpx2.URL("http://127.0.0.1:8000/v1/chat/completions")
+    with pytest.raises(UnicodeEncodeError):
+        httpx2.Request("POST", url, headers={"x-name": "é"}, content=b"{}")
+    with pytest.raises(UnicodeEncodeError):
+        post_json(url, {"x-name": "é"}, {})
+
+
+@pytest.mark.parametrize("cls", [httpx2.Response, _Response])
+def test_streamed_response_equals_an_httpx2_response(cls: type[httpx2.Response]) -> None:
+    """streamed_response builds the response httpx2.Response builds around a stream."""
+    stream = httpx2.ByteStream(b"{}")
+    extensions: dict[str, object] = {"http_version": b"HTTP/1.1", "reason_phrase": b"OK"}
+    built = streamed_response(cls, 200, PAIRS, stream, extensions)
+    stock = cls(200, headers=PAIRS, stream=stream, extensions=extensions)
+    assert type(built) is cls
+    assert state(built) == state(stock)
+    assert built.extensions == stock.extensions
+    assert built.stream is stream
