@@ -600,7 +600,7 @@ class Client:
         collector = StatisticsCollector(self._clock())
         results: list[Result | None] = []
 
-        async def deliver(index: int, result: Result) -> None:
+        def deliver(index: int, result: Result) -> None:
             results[index] = result
             collector.add(result)
 
@@ -609,7 +609,11 @@ class Client:
             results.append(None)
 
         await admit(
-            LazyInput(requests, check), limiter, partial(self._execute, stream=stream), deliver
+            LazyInput(requests, check),
+            limiter,
+            partial(self._execute, stream=stream),
+            deliver,
+            elastic=self._adaptive is not None,
         )
         done = tuple(r for r in results if r is not None)
         if len(done) != len(results):  # pragma: no cover - would be a bug in admit()
@@ -639,15 +643,21 @@ class Client:
         collector = StatisticsCollector(self._clock())
         execute = partial(self._execute, stream=stream)
 
-        async def deliver(index: int, result: Result) -> None:
-            await send.send(result)
+        def deliver(index: int, result: Result) -> Awaitable[None]:
+            return send.send(result)
 
         results = ResultStream(receive, collector)
 
         async def feed() -> None:
             async with send:
                 try:
-                    await admit(LazyInput(requests, _check_request), limiter, execute, deliver)
+                    await admit(
+                        LazyInput(requests, _check_request),
+                        limiter,
+                        execute,
+                        deliver,
+                        elastic=self._adaptive is not None,
+                    )
                 except Exception as exc:
                     results._error = exc
 

@@ -14,6 +14,8 @@ from typing import Final, Literal, Protocol
 import h11
 import httpx2
 
+from ._httpx_shortcuts import header_fields
+
 try:
     import httptools
 except ImportError:  # pragma: no cover - exercised only where httptools has no wheel
@@ -69,7 +71,7 @@ def _check_token(name: bytes) -> None:
 
 
 def encode_request_head(
-    method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], host: bytes
+    method: bytes, target: bytes, headers: httpx2.Headers, host: bytes
 ) -> tuple[bytes, bool, bool]:
     """Serialise a request line and headers.
 
@@ -79,7 +81,7 @@ def encode_request_head(
     Args:
         method: The request method, e.g. ``b"POST"``.
         target: The request target: path and query, already percent-encoded.
-        headers: The header fields in order, names as given.
+        headers: The header fields, sent in their order with their names as given.
         host: The ``Host`` value to add when *headers* has none.
 
     Raises:
@@ -88,19 +90,18 @@ def encode_request_head(
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
     wants_close = chunked = has_host = False
     valid = _VALID_NAMES
-    for name, value in headers:
+    fields = header_fields(headers)
+    for name, lowered, value in fields:
         if name not in valid:  # the common case, without a call: a name seen before
             _check_token(name)
-        size = len(name)
-        # Length first: most names are none of these, and len() is cheaper than lower().
-        if size == 4 and name.lower() == b"host":
+        if lowered == b"host":
             has_host = True
-        elif size == 10 and name.lower() == b"connection":
+        elif lowered == b"connection":
             wants_close = b"close" in value.lower()
-        elif size == 17 and name.lower() == b"transfer-encoding":
+        elif lowered == b"transfer-encoding":
             chunked = b"chunked" in value.lower()
         parts += (name, b": ", value, b"\r\n")
-    lines = len(headers) + 2
+    lines = len(fields) + 2
     if not has_host:
         parts[4:4] = (b"Host: ", host, b"\r\n")
         lines += 1

@@ -32,6 +32,17 @@ def raw_headers(pairs: list[tuple[bytes, bytes]]) -> httpx2.Headers:
     return headers
 
 
+def header_fields(headers: httpx2.Headers) -> list[tuple[bytes, bytes, bytes]]:
+    """Return the ``(name, lower-cased name, value)`` byte triples *headers* holds, in order.
+
+    httpx2's own list, not a copy: read it, never change it.
+
+    Args:
+        headers: The headers.
+    """
+    return headers._list
+
+
 def json_post(url: httpx2.URL, headers: list[tuple[bytes, bytes]], body: bytes) -> httpx2.Request:
     """Return ``httpx2.Request("POST", url, headers=headers, stream=ByteStream(body))``, read.
 

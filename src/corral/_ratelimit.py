@@ -44,8 +44,10 @@ from typing import Any, Final
 import anyio
 import anyio.lowlevel
 import attrs
+import httpx2
 
 from ._errors import ConfigurationError, check_number
+from ._httpx_shortcuts import header_fields
 
 __all__ = [
     "LimitInfo",
@@ -522,12 +524,11 @@ def parse_rate_limit_headers(
 
 def _mentions_rate_limits(headers: Mapping[str, str]) -> bool:
     """Tell cheaply whether a response carries any rate-limit header worth parsing."""
-    raw = getattr(headers, "raw", None)
-    if raw is None:
+    if not isinstance(headers, httpx2.Headers):
         return True
-    # Most responses from local servers have none: a scan of the raw names beats building
-    # the lower-cased mapping that the full parse needs.
-    return b"ratelimit" in b"\n".join([name for name, _ in raw]).lower()
+    # Most responses from local servers have none: a scan of the lower-cased names httpx2
+    # keeps beats building the mapping that the full parse needs.
+    return b"ratelimit" in b"\n".join([name for _, name, _ in header_fields(headers)])
 
 
 _DAILY_WORDS: Final = re.compile(

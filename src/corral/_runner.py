@@ -86,7 +86,9 @@ async def admit(
     items: LazyInput[T],
     limiter: anyio.CapacityLimiter,
     execute: Callable[[T], Awaitable[R]],
-    deliver: Callable[[int, R], Awaitable[None]],
+    deliver: Callable[[int, R], Awaitable[None] | None],
+    *,
+    elastic: bool = True,
 ) -> int:
     """Run *execute* on every item with at most ``limiter.total_tokens`` running at once.
 
@@ -104,7 +106,10 @@ async def admit(
         items: The input, read lazily.
         limiter: The concurrency limit.
         execute: Turns one item into its result; must not raise for expected failures.
-        deliver: Receives ``(index, result)`` for each item, in completion order.
+        deliver: Receives ``(index, result)`` for each item, in completion order; it may
+            return an awaitable (to push back on the workers) or None.
+        elastic: Whether ``limiter.total_tokens`` may shrink while the batch runs (adaptive
+            concurrency); if not, workers skip checking it after every item.
     """
     count = 0
     exhausted = False
@@ -144,8 +149,10 @@ async def admit(
         try:
             while True:
                 result = await execute(item)
-                await deliver(index, result)
-                if limiter.borrowed_tokens > limiter.total_tokens:
+                pending = deliver(index, result)
+                if pending is not None:
+                    await pending
+                if elastic and limiter.borrowed_tokens > limiter.total_tokens:
                     return
                 streak += 1
                 if streak == _YIELD_EVERY:

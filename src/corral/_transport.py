@@ -409,7 +409,7 @@ class FastTransport(httpx2.AsyncBaseTransport):
 
         method = request.method.encode("ascii")
         head, wants_close, chunked = encode_request_head(
-            method, url.raw_path, request.headers.raw, netloc
+            method, url.raw_path, request.headers, netloc
         )
         try:
             body: bytes | None = request.content

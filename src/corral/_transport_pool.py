@@ -28,16 +28,7 @@ Origin = tuple[str, bytes, int | None]
 _HAS_POLL: Final = hasattr(select, "poll")
 
 
-def _is_readable(fileno: int) -> bool:
-    """Return whether a socket has bytes or an EOF waiting, without blocking."""
-    if fileno < 0:
-        return True
-    if _HAS_POLL:
-        poller = select.poll()
-        poller.register(fileno, select.POLLIN | select.POLLERR | select.POLLHUP)
-        return bool(poller.poll(0))
-    readable, _, _ = select.select([fileno], [], [], 0)  # pragma: no cover - Windows
-    return bool(readable)
+_POLL_EVENTS: Final = select.POLLIN | select.POLLERR | select.POLLHUP if _HAS_POLL else 0
 
 
 async def close_stream(stream: anyio.abc.AsyncResource) -> None:
@@ -73,6 +64,7 @@ class Connection:
     """
 
     __slots__ = (
+        "_poller",
         "_raw_socket",
         "clock",
         "idle_since",
@@ -94,6 +86,8 @@ class Connection:
         # The connection's own response parser, kept across responses when it can be.
         self.parser: HttptoolsParser | None = None
         self._raw_socket = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+        # Made at the first check and kept: one poll() call per reuse, nothing else.
+        self._poller: select.poll | None = None
         #: anyio's clock, read through the backend the socket found: anyio.current_time looks
         #: the backend up again at every call.
         self.clock: Callable[[], float] = anyio.current_time if socket is None else socket.clock
@@ -107,7 +101,17 @@ class Connection:
         if sock is None:  # pragma: no cover - every anyio TCP stream exposes its socket
             return False
         try:
-            return _is_readable(sock.fileno())
+            fileno = sock.fileno()
+            if fileno < 0:
+                return True
+            if not _HAS_POLL:  # pragma: no cover - Windows
+                readable, _, _ = select.select([fileno], [], [], 0)
+                return bool(readable)
+            poller = self._poller
+            if poller is None:
+                poller = self._poller = select.poll()
+                poller.register(fileno, _POLL_EVENTS)
+            return bool(poller.poll(0))
         except (OSError, ValueError):
             return True
 

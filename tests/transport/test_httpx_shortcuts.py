@@ -7,7 +7,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from corral._httpx_shortcuts import json_post, raw_headers, streamed_response
+from corral._httpx_shortcuts import header_fields, json_post, raw_headers, streamed_response
 from corral._transport import _Response
 from corral.providers._base import post_json
 
@@ -41,6 +41,7 @@ def test_raw_headers_equal_httpx2_headers() -> None:
     assert vars(built) == vars(stock)
     assert built == stock
     assert built.get_list("x-twice") == ["a", "b"]
+    assert header_fields(stock) == [(name, name.lower(), value) for name, value in PAIRS]
 
 
 def test_json_post_equals_a_read_httpx2_request() -> None:

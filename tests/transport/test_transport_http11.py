@@ -51,7 +51,7 @@ def test_head_is_request_line_then_headers_in_order() -> None:
     head, close, is_chunked = encode_request_head(
         b"POST",
         b"/v1/chat?x=1",
-        [(b"Host", b"api.example"), (b"Content-Length", b"2"), (b"X-Key", b"v")],
+        httpx2.Headers([(b"Host", b"api.example"), (b"Content-Length", b"2"), (b"X-Key", b"v")]),
         b"ignored",
     )
     assert head == (
@@ -62,7 +62,9 @@ def test_head_is_request_line_then_headers_in_order() -> None:
 
 def test_missing_host_is_added_first() -> None:
     """A request built without a Host header gets one, right after the request line."""
-    head, _, _ = encode_request_head(b"GET", b"/", [(b"Accept", b"*/*")], b"example.org:81")
+    head, _, _ = encode_request_head(
+        b"GET", b"/", httpx2.Headers([(b"Accept", b"*/*")]), b"example.org:81"
+    )
     assert head == b"GET / HTTP/1.1\r\nHost: example.org:81\r\nAccept: */*\r\n\r\n"
 
 
@@ -79,7 +81,7 @@ def test_head_reports_close_and_chunked(
     headers: list[tuple[bytes, bytes]], close: bool, is_chunked: bool
 ) -> None:
     """Connection: close and chunked framing are noticed whatever their case."""
-    _, got_close, got_chunked = encode_request_head(b"POST", b"/", headers, b"h")
+    _, got_close, got_chunked = encode_request_head(b"POST", b"/", httpx2.Headers(headers), b"h")
     assert (got_close, got_chunked) == (close, is_chunked)
 
 
@@ -105,13 +107,13 @@ def test_head_rejects_anything_that_breaks_framing(
 ) -> None:
     """A control character in a value, or a bad name, method or target, is refused."""
     with pytest.raises(httpx2.LocalProtocolError):
-        encode_request_head(method, target, headers, b"h")
+        encode_request_head(method, target, httpx2.Headers(headers), b"h")
 
 
 def test_host_with_line_break_is_rejected() -> None:
     """An injected line break in the Host fallback is caught like any other."""
     with pytest.raises(httpx2.LocalProtocolError):
-        encode_request_head(b"GET", b"/", [], b"h\r\nX: 1")
+        encode_request_head(b"GET", b"/", httpx2.Headers(), b"h\r\nX: 1")
 
 
 def test_encode_chunk_frames_with_hex_length() -> None:
@@ -340,7 +342,7 @@ def test_any_valid_head_is_read_back_by_an_independent_parser(
     raw = [(name.encode(), value) for name, value in headers if name.lower() != "host"]
     raw = [(n, v) for n, v in raw if n.lower() not in (b"content-length", b"transfer-encoding")]
     target = b"/" + path.encode()
-    head, _, _ = encode_request_head(method.encode(), target, raw, b"example.org")
+    head, _, _ = encode_request_head(method.encode(), target, httpx2.Headers(raw), b"example.org")
     server = h11.Connection(h11.SERVER)
     server.receive_data(head)
     event = server.next_event()
