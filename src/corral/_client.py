@@ -794,9 +794,16 @@ class Client:
                 reservation = budgeted
                 request = prepared.request
                 start = self._clock()
-                outcome = await self._with_retries(
-                    prepared, start, self._attempt_for(prepared, start), start_is_now=True
-                )
+                # _with_retries, inline: a coroutine less under every wait of the request.
+                tries = self._tries(prepared, start, self._attempt_for(prepared, start))
+                outcome: tuple[Completion | EmbeddingResult, int] | Failure
+                try:
+                    # Nothing awaited since `start` was read: it is the time the attempt begins.
+                    outcome = await self._counted(tries, start), tries.count
+                except _AttemptFailed as exc:
+                    outcome = await self._retried(tries, exc, start)
+                except _DeadlinePassed:
+                    outcome = self._deadline_failure(prepared, None, start, tries.count)
                 if isinstance(outcome, Failure):
                     result = outcome
                 else:
@@ -828,23 +835,10 @@ class Client:
             return partial(self._attempt, prepared.http, provider.parse_embedding_response, request)
         return partial(self._attempt, prepared.http, self._provider.parse_response, request)
 
-    async def _with_retries(
-        self,
-        prepared: _Prepared,
-        start: float,
-        attempt: Callable[[], Awaitable[T]],
-        *,
-        start_is_now: bool = False,
-    ) -> tuple[T, int] | Failure:
-        """Call *attempt* under the retry policy; return its value and the attempt count.
-
-        Args:
-            prepared: The request.
-            start: When the request started, on the client's clock.
-            attempt: Makes one attempt.
-            start_is_now: Nothing awaited since *start* was read: the first attempt may take
-                it as the time it begins instead of reading the clock again.
-        """
+    def _tries(
+        self, prepared: _Prepared, start: float, attempt: Callable[[], Awaitable[T]]
+    ) -> _Tries[T]:
+        """Return the retry state of a request that started at *start*."""
         policy = self._retry
         deadline = start + policy.timeout if policy.timeout is not None else math.inf
         # A whole non-streamed attempt runs under request_timeout; a stream bounds only its
@@ -852,7 +846,7 @@ class Client:
         bounded = prepared.mode != _STREAM
         # `is not None`: an empty registry is falsy (it has a __len__) until its first circuit.
         breakers = self._breakers
-        tries = _Tries(
+        return _Tries(
             prepared,
             attempt,
             deadline,
@@ -864,15 +858,33 @@ class Client:
             breakers.get(self._provider.endpoint) if breakers is not None else None,
         )
 
+    async def _with_retries(
+        self, prepared: _Prepared, start: float, attempt: Callable[[], Awaitable[T]]
+    ) -> tuple[T, int] | Failure:
+        """Call *attempt* under the retry policy; return its value and the attempt count.
+
+        `_execute_prepared` does the same inline, a coroutine less under every wait.
+        """
+        tries = self._tries(prepared, start, attempt)
         # The first attempt runs outside stamina: a success, the common case, then costs
-        # nothing extra. A failure is re-raised inside stamina's loop so that stamina decides
-        # about it and sleeps its backoff like for any other attempt.
+        # nothing extra (see _retried for a failure).
         try:
-            return await self._counted(tries, start if start_is_now else None), tries.count
+            return await self._counted(tries), tries.count
         except _AttemptFailed as exc:
-            last = exc
+            return await self._retried(tries, exc, start)
         except _DeadlinePassed:
             return self._deadline_failure(prepared, None, start, tries.count)
+
+    async def _retried(
+        self, tries: _Tries[T], last: _AttemptFailed, start: float
+    ) -> tuple[T, int] | Failure:
+        """Retry after the first attempt of *tries* failed with *last*, as the policy says.
+
+        The first failure is re-raised inside stamina's loop, so that stamina decides about it
+        and sleeps its backoff like for any other attempt.
+        """
+        prepared = tries.prepared
+        policy = self._retry
         retry_hook = partial(self._retry_hook, tries)
         if policy.attempts == 1 or retry_hook(last) is False:
             return self._fail(prepared, last, start, tries.count)

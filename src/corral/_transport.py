@@ -171,6 +171,22 @@ def _read_error(exc: BaseException) -> httpx2.TransportError | None:
     return None
 
 
+# What writing a request or reading its head can fail with, below httpx2's vocabulary.
+_LOST: Final = (DeadlinePassed, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
+
+
+def _exchange_error(exc: BaseException, writing: bool) -> httpx2.TransportError:
+    """Translate one of `_LOST` into httpx2's error for the phase it happened in."""
+    if isinstance(exc, DeadlinePassed):
+        # The socket's wait ran into the request's deadline.
+        if writing:
+            return httpx2.WriteTimeout(f"Timed out writing the request: {exc}")
+        return httpx2.ReadTimeout(f"Timed out waiting for the response: {exc}")
+    if writing:
+        return httpx2.WriteError(str(exc) or f"Connection lost while writing: {exc!r}")
+    return httpx2.ReadError(str(exc) or f"Connection lost while reading: {exc!r}")
+
+
 class _ResponseStream(httpx2.AsyncByteStream):
     """A response body read from its connection, chunk by chunk as the server sends it.
 
@@ -434,9 +450,29 @@ class FastTransport(httpx2.AsyncBaseTransport):
         else:
             parser = H11Parser(method)
         try:
-            await self._exchange(
-                conn, parser, head, body, request, chunked, write_timeout, read_timeout
-            )
+            if write_timeout is None and read_timeout is None:
+                # The common exchange, inline: a coroutine less under every wait.
+                wire = conn.stream
+                writing = True
+                try:
+                    if body is not None and len(body) <= _COALESCE_LIMIT:
+                        await wire.send(head + body if body else head)
+                    else:
+                        await self._write(wire, head, body, request, chunked, None, None)
+                    writing = False
+                    while not parser.headers_complete:
+                        try:
+                            data = await wire.receive(_READ_SIZE)
+                        except anyio.EndOfStream:
+                            parser.feed_eof()
+                            break
+                        parser.feed(data)
+                except _LOST as exc:
+                    raise _exchange_error(exc, writing) from exc
+            else:
+                await self._timed_exchange(
+                    conn, parser, head, body, request, chunked, write_timeout, read_timeout
+                )
         except BaseException:
             await self._pool.discard(conn)
             raise
@@ -456,7 +492,7 @@ class FastTransport(httpx2.AsyncBaseTransport):
             await stream.aclose()
             raise
 
-    async def _exchange(
+    async def _timed_exchange(
         self,
         conn: Connection,
         parser: ResponseParser,
@@ -467,52 +503,27 @@ class FastTransport(httpx2.AsyncBaseTransport):
         write_timeout: float | None,
         read_timeout: float | None,
     ) -> None:
-        """Write the request and read until the response headers are complete."""
+        """Write the request and read its head, under per-write and per-read timeouts."""
         stream = conn.stream
         writing = True
-        scope: anyio.CancelScope | None = None
+        now = anyio.current_time()
+        write_deadline = _INF if write_timeout is None else now + write_timeout
         try:
-            if write_timeout is None and read_timeout is None:
-                # The common case, inline: a coroutine less on the stack at every wait.
-                if body is not None and len(body) <= _COALESCE_LIMIT:
-                    await stream.send(head + body if body else head)
-                else:
-                    await self._write(stream, head, body, request, chunked, None, None)
+            with anyio.CancelScope(deadline=write_deadline) as scope:
+                await self._write(stream, head, body, request, chunked, scope, write_timeout)
                 writing = False
-                while not parser.headers_complete:
-                    try:
-                        data = await stream.receive(_READ_SIZE)
-                    except anyio.EndOfStream:
-                        parser.feed_eof()
-                        break
-                    parser.feed(data)
-            else:
-                now = anyio.current_time()
-                write_deadline = _INF if write_timeout is None else now + write_timeout
-                with anyio.CancelScope(deadline=write_deadline) as scope:
-                    await self._write(stream, head, body, request, chunked, scope, write_timeout)
-                    writing = False
-                    if read_timeout is None:
-                        scope.deadline = _INF
-                    else:
-                        deadline = anyio.current_time() + read_timeout
-                        # Re-arming a timer costs more than the rest of the bookkeeping: when
-                        # the write was instant and both timeouts are equal, keep the one set.
-                        if not 0.0 <= deadline - write_deadline <= _DEADLINE_SLACK:
-                            scope.deadline = deadline
-                    await self._read_head(stream, parser, scope, read_timeout)
-        except DeadlinePassed as exc:
-            # The socket's wait ran into the request's deadline.
-            if writing:
-                raise httpx2.WriteTimeout(f"Timed out writing the request: {exc}") from exc
-            raise httpx2.ReadTimeout(f"Timed out waiting for the response: {exc}") from exc
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-            if writing:
-                raise httpx2.WriteError(
-                    str(exc) or f"Connection lost while writing: {exc!r}"
-                ) from exc
-            raise httpx2.ReadError(str(exc) or f"Connection lost while reading: {exc!r}") from exc
-        if scope is not None and scope.cancelled_caught:
+                if read_timeout is None:
+                    scope.deadline = _INF
+                else:
+                    deadline = anyio.current_time() + read_timeout
+                    # Re-arming a timer costs more than the rest of the bookkeeping: when
+                    # the write was instant and both timeouts are equal, keep the one set.
+                    if not 0.0 <= deadline - write_deadline <= _DEADLINE_SLACK:
+                        scope.deadline = deadline
+                await self._read_head(stream, parser, scope, read_timeout)
+        except _LOST as exc:
+            raise _exchange_error(exc, writing) from exc
+        if scope.cancelled_caught:
             if writing:
                 raise httpx2.WriteTimeout(f"Timed out writing the request ({write_timeout} s)")
             raise httpx2.ReadTimeout(f"Timed out waiting for the response ({read_timeout} s)")

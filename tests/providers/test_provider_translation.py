@@ -12,6 +12,7 @@ import pytest
 import corral
 from corral._ratelimit import LimitInfo
 from corral.providers import Anthropic, Gemini, OpenAI
+from corral.providers._base import InvalidResponse, decode_json
 
 KEY = "sk-canary-42"
 
@@ -370,3 +371,31 @@ def test_openai_reads_its_rate_limit_headers() -> None:
         "tokens": LimitInfo(None, None, 0.02),
     }
     assert not OpenAI(api_key=KEY).rate_limits(httpx2.Response(200))
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"a":[1,2.5,"\xc3\xa9"]}', {"a": [1, 2.5, "é"]}),
+        (b'{"a":1}\r\n  ', {"a": 1}),
+        (b'  {"a":1}', {"a": 1}),
+        (b'\xef\xbb\xbf{"a":1}', {"a": 1}),
+        ('{"a":1}'.encode("utf-16"), {"a": 1}),
+    ],
+    ids=["utf-8", "trailing-space", "leading-space", "utf-8-bom", "utf-16"],
+)
+def test_a_json_body_decodes_as_json_loads_reads_its_bytes(body: bytes, expected: Any) -> None:
+    """A body decodes to what json.loads gives for the same bytes, however it is laid out."""
+    assert json.loads(body) == expected
+    assert decode_json(httpx2.Response(200, content=body)) == expected
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"a":1}x', b'{"a":1}{"b":2}', b'{"a":', b'{"a":"\x00unterminated', b"{", b"{}}"],
+    ids=["garbage-after", "two-values", "truncated", "unterminated", "brace", "extra-brace"],
+)
+def test_a_body_that_is_not_one_json_value_is_an_invalid_response(body: bytes) -> None:
+    """Anything after the value, or a value cut short, is InvalidResponse naming the body."""
+    with pytest.raises(InvalidResponse, match="HTTP 200 body is not JSON"):
+        decode_json(httpx2.Response(200, content=body))

@@ -483,6 +483,11 @@ def loads(text: str | bytes, what: str) -> Any:
         raise InvalidResponse(f"{what} is not JSON: {snippet!r}") from exc
 
 
+# json's scanner (its C one where there is one): reads one value from a position in a text.
+# (An attribute every JSONDecoder sets in its constructor; typeshed does not declare it.)
+_SCAN_ONCE: Final[Any] = getattr(json.JSONDecoder(), "scan_once")  # noqa: B009
+
+
 def decode_json(response: httpx2.Response) -> Any:
     """Decode a response body as JSON, or raise :class:`InvalidResponse`.
 
@@ -493,7 +498,17 @@ def decode_json(response: httpx2.Response) -> Any:
     try:
         if content[:1] == b"{" and content[1:2] != b"\x00":
             # What json.loads would find by sniffing the bytes: UTF-8 (no BOM, no UTF-16/32).
-            return json.loads(content.decode("utf-8", "surrogatepass"))
+            text = content.decode("utf-8", "surrogatepass")
+            # json.loads without its three Python layers: scan the one value, which must end
+            # the text. Anything else (trailing space, an error) takes json.loads' own path.
+            try:
+                value, end = _SCAN_ONCE(text, 0)
+            except StopIteration:
+                pass
+            else:
+                if end == len(text):
+                    return value
+            return json.loads(text)
         return json.loads(content)
     except (ValueError, RecursionError):
         pass
