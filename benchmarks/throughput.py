@@ -27,7 +27,9 @@ not the client, was the limit and that row's figure is a floor.
 
 The runs go in rounds (``--repeats`` of them): each round runs every client once, back to back.
 A ratio between two clients is the median of their per-round ratios, so that each comparison
-is between runs made under the same machine conditions.
+is between runs made under the same machine conditions. Within a round, the runs the targets
+compare go side by side (aiohttp between corral on asyncio and on trio, in an order that flips
+every other round), the other clients after them.
 
 Usage::
 
@@ -411,6 +413,28 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def round_order(plan: list[tuple[int, str, str]], round_number: int) -> list[tuple[int, str, str]]:
+    """Return one round's runs: per concurrency, the target ratios' runs first, side by side.
+
+    The machine drifts over seconds too, so the runs that the issue's targets compare go back
+    to back: aiohttp between corral on asyncio and corral on trio, the pair's order flipping
+    every other round so that neither always runs first. The other clients follow.
+    """
+    ordered: list[tuple[int, str, str]] = []
+    for concurrency in dict.fromkeys(level for level, _, _ in plan):
+        level = [run for run in plan if run[0] == concurrency]
+        group = [
+            run
+            for key in (("asyncio", "corral"), ("asyncio", "aiohttp"), ("trio", "corral"))
+            for run in level
+            if run[1:] == key
+        ]
+        if round_number % 2 == 0:
+            group.reverse()
+        ordered += group + [run for run in level if run not in group]
+    return ordered
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", default=",".join(CLIENTS))
@@ -475,7 +499,7 @@ def main() -> None:
         ]
         runs: dict[tuple[int, str, str], list[dict[str, Any]]] = {key: [] for key in plan}
         for round_number in range(1, args.repeats + 1):
-            for concurrency, backend, name in plan:
+            for concurrency, backend, name in round_order(plan, round_number):
                 before, start = process_cpu(server.pid), time.perf_counter()
                 command = [sys.executable, __file__, "client", name, backend, base]
                 done = subprocess.run(
