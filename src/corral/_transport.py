@@ -451,7 +451,8 @@ class FastTransport(httpx2.AsyncBaseTransport):
             parser = H11Parser(method)
         try:
             if write_timeout is None and read_timeout is None:
-                # The common exchange, inline: a coroutine less under every wait.
+                # The common exchange, inline: a coroutine less under every wait. (_write's
+                # small-body case and _read_head's loop, without their timeouts.)
                 wire = conn.stream
                 writing = True
                 try:
