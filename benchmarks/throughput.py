@@ -92,7 +92,7 @@ def fast_transport(max_connections: int) -> Any:
     try:
         from corral import FastTransport
     except ImportError:
-        from corral._transport import FastTransport
+        from corral._transport.fast import FastTransport
     return FastTransport(max_connections=max_connections)
 
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import corral
 from corral._models import EmbeddingRequest, EmbeddingResult
 from corral.providers import Anthropic, Gemini, OpenAI, Provider
-from corral.testing._mock import MockServer
+from corral.testing._mock.server import MockServer
 
 pytestmark = pytest.mark.anyio
 

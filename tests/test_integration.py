@@ -13,7 +13,8 @@ import stamina
 import corral
 from corral.providers import OpenAI
 from corral.testing import MockConfig, MockServer, serve
-from procfs import sockets_to
+
+from .procfs import sockets_to
 
 pytestmark = pytest.mark.anyio
 

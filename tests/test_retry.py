@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import corral
 from corral import ErrorKind
-from corral._retry import classify_exception, classify_status, parse_retry_after
+from corral._flow.retry import classify_exception, classify_status, parse_retry_after
 from corral.providers import OpenAI
 
 STATUS_TABLE = [

@@ -14,7 +14,8 @@ import stamina
 
 import corral
 from corral.providers import OpenAI
-from scripted import ScriptedServer
+
+from .scripted import ScriptedServer
 
 pytestmark = pytest.mark.anyio
 

@@ -16,7 +16,7 @@ import stamina
 import corral
 from corral._streaming import CompletionStream
 from corral.providers import Anthropic, OpenAI
-from corral.testing._mock import MockServer
+from corral.testing._mock.server import MockServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.virtual_time]
 

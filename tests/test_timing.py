@@ -7,7 +7,8 @@ import pytest
 
 import corral
 from corral.providers import OpenAI
-from scripted import ScriptedServer
+
+from .scripted import ScriptedServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.virtual_time]
 

@@ -1,41 +1,23 @@
 """Run LLM API calls at volume, one call or millions, on asyncio or trio.
 
-General layout (everything public is re-exported here, flat). A request takes a concurrency
-slot, then its budget reservation; each attempt then passes the breaker, the rate limiter, the
-retry policy and the transport.
+General layout (everything public is re-exported here, flat, with ``__module__`` set to
+``corral``). The folders follow a request's path, each layer importing only the ones below it
+(``tests/test_layers.py`` keeps it so): values and errors < transport, flow control < providers <
+client < jobs < CLI.
 
-- ``_client``: :class:`Client` (complete / complete_stream / run / stream) and its statistics.
-- ``_runner``: the acquire-then-spawn admission loop.
-- ``_models`` / ``_serde``: request and result values, and the one cattrs converter.
-- ``_errors``: the exception tree (drawn in its docstring).
-- ``_retry``: :class:`RetryPolicy`, error classification, retry hints.
-- ``_ratelimit``: :class:`RateLimit`, the GCRA core, header learning, the shared cooldown.
-- ``_breaker``: :class:`CircuitBreaker`, per endpoint.
-- ``_budget``: :class:`Budget` (reserve the worst case, then settle).
-- ``_pricing``: :class:`Pricing` and the bundled ``prices.json``.
-- ``_adaptive``: AIMD concurrency for ``max_concurrency="auto"``.
-- ``_streaming``: SSE reading, time to first token, :class:`CompletionStream`.
-- ``_transport`` / ``_transport_pool`` / ``_transport_socket`` / ``_http11``:
-  :class:`FastTransport`, corral's own HTTP/1.1 transport over anyio streams (httptools or h11
-  parsing, keep-alive pool); ``_httpx_shortcuts`` builds its httpx2 objects cheaply.
-- ``_jobs*``: :func:`run_jsonl`, the durable, resumable OpenAI Batch JSONL engine behind
-  ``corral run`` (input scan, id table, fsynced writer, manifest).
+- ``_models`` / ``_serde`` / ``_errors`` / ``_secret``: request and result values, the one
+  cattrs converter, the one exception tree (drawn in its docstring) and the masked key wrapper.
+- ``_transport/``: :class:`FastTransport`, corral's own HTTP/1.1 transport over anyio streams.
+- ``_flow/``: rate limit, circuit breaker, budget, pricing, adaptive concurrency, retry policy.
+- ``providers/``: one pure adapter per API (public: ``corral.providers``).
+- ``_client`` / ``_runner`` / ``_streaming``: :class:`Client`, its acquire-then-spawn admission
+  loop, and streamed completions.
+- ``jobs/``: durable, resumable JSONL jobs (public: ``corral.jobs``).
 - ``_cli``: the ``corral`` command.
-- ``_secret``: the masked wrapper API keys live in.
-- ``providers``: one pure adapter per API.
-- ``testing``: the mock server and test helpers (not imported here).
+- ``testing/``: the mock server and test helpers (public: ``corral.testing``; never imported by
+  the library).
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("corral")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
-
-from ._adaptive import AdaptiveConcurrency, AdaptiveStatistics
-from ._breaker import BreakerState, BreakerStatistics, CircuitBreaker
-from ._budget import Budget, BudgetStatistics
 from ._client import Client, ClientStatistics, ResultStream
 from ._errors import (
     AuthenticationError,
@@ -47,10 +29,15 @@ from ._errors import (
     ContentFilterError,
     ContextLengthError,
     CorralError,
+    CorruptOutputError,
     InvalidInputError,
     InvalidRequestError,
     InvalidResponseError,
+    JobError,
+    JobLockedError,
+    JobMismatchError,
     NotFoundError,
+    OutputWriteError,
     OverloadedError,
     PermissionDeniedError,
     RateLimitedError,
@@ -58,14 +45,13 @@ from ._errors import (
     RequestTimeoutError,
     ServerError,
 )
-from ._jobs import JobProgress, JobSummary, JsonlJob, run_jsonl
-from ._jobs_errors import (
-    CorruptOutputError,
-    JobError,
-    JobLockedError,
-    JobMismatchError,
-    OutputWriteError,
-)
+from ._exports import publish
+from ._flow.adaptive import AdaptiveConcurrency, AdaptiveStatistics
+from ._flow.breaker import BreakerState, BreakerStatistics, CircuitBreaker
+from ._flow.budget import Budget, BudgetStatistics
+from ._flow.pricing import CostBreakdown, LongContextPrice, ModelPrice, Pricing
+from ._flow.ratelimit import LimitInfo, RateLimit, RateLimiterStatistics, RateLimitHeaders
+from ._flow.retry import RetryPolicy
 from ._models import (
     AnyRequest,
     BatchResult,
@@ -81,13 +67,12 @@ from ._models import (
     Result,
     Usage,
 )
-from ._pricing import CostBreakdown, LongContextPrice, ModelPrice, Pricing
-from ._ratelimit import LimitInfo, RateLimit, RateLimiterStatistics, RateLimitHeaders
-from ._retry import RetryPolicy
 from ._secret import Secret
 from ._serde import converter, from_json, to_json
 from ._streaming import CompletionStream, StreamStatistics
-from ._transport import FastTransport, OriginStatistics, TransportStatistics
+from ._transport.fast import FastTransport, OriginStatistics, TransportStatistics
+from ._version import __version__
+from .jobs._engine import JobProgress, JobSummary, JsonlJob, run_jsonl
 
 __all__ = [
     "AdaptiveConcurrency",
@@ -161,3 +146,5 @@ __all__ = [
     "run_jsonl",
     "to_json",
 ]
+
+publish(globals(), __name__)

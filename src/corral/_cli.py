@@ -21,16 +21,15 @@ from typing import Any, Final, TextIO
 import anyio
 import httpx2
 
-from . import __version__
-from ._budget import Budget
 from ._client import Client
-from ._errors import ConfigurationError, CorralError, InvalidInputError
-from ._jobs import JobProgress, JobSummary, JsonlJob
-from ._jobs_errors import JobError, OutputWriteError
+from ._errors import ConfigurationError, CorralError, InvalidInputError, JobError, OutputWriteError
+from ._flow.budget import Budget
+from ._flow.ratelimit import RateLimit
+from ._flow.retry import RetryPolicy
 from ._models import BatchStatistics
-from ._ratelimit import RateLimit
-from ._retry import RetryPolicy
 from ._serde import to_json
+from ._version import __version__
+from .jobs._engine import JobProgress, JobSummary, JsonlJob
 from .providers._base import Provider
 
 __all__ = ["main"]
@@ -337,8 +336,8 @@ async def _open_client(args: argparse.Namespace, stack: AsyncExitStack) -> Clien
     if args.mock:
         if args.base_url:
             raise _UsageError("--mock answers in-process: drop --base-url, or drop --mock")
-        from .testing._mock import MockServer
-        from .testing._mock_config import MockConfig
+        from .testing._mock.config import MockConfig
+        from .testing._mock.server import MockServer
 
         server = MockServer(MockConfig(record_hits=False))
         http_client = await stack.enter_async_context(
@@ -657,8 +656,8 @@ def _report_failure(failure: BaseException, job: JsonlJob, output: _Output) -> i
 
 
 async def _serve_mock(args: argparse.Namespace, output: _Output) -> int:
-    from .testing._mock import MockServer
-    from .testing._mock_config import MockConfig
+    from .testing._mock.config import MockConfig
+    from .testing._mock.server import MockServer
     from .testing._serve import serve
 
     config = MockConfig(

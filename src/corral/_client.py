@@ -16,8 +16,14 @@ import attrs
 import httpx2
 import stamina
 
-from ._adaptive import AdaptiveConcurrency, AdaptiveLimiter, AdaptiveStatistics, signal_for_kind
-from ._breaker import (
+from ._errors import ConfigurationError, InvalidRequestError, check_number, exception_for
+from ._flow.adaptive import (
+    AdaptiveConcurrency,
+    AdaptiveLimiter,
+    AdaptiveStatistics,
+    signal_for_kind,
+)
+from ._flow.breaker import (
     Admission,
     Breaker,
     BreakerRegistry,
@@ -25,8 +31,10 @@ from ._breaker import (
     CircuitBreaker,
     outcome_for_kind,
 )
-from ._budget import Budget, BudgetStatistics, BudgetTracker, Reservation
-from ._errors import ConfigurationError, InvalidRequestError, check_number, exception_for
+from ._flow.budget import Budget, BudgetStatistics, BudgetTracker, Reservation
+from ._flow.pricing import Pricing
+from ._flow.ratelimit import Permit, RateLimit, RateLimiter, RateLimiterStatistics
+from ._flow.retry import RetryPolicy, classify_exception
 from ._models import (
     AnyRequest,
     BatchResult,
@@ -41,13 +49,10 @@ from ._models import (
     Result,
     StatisticsCollector,
 )
-from ._pricing import Pricing
-from ._ratelimit import Permit, RateLimit, RateLimiter, RateLimiterStatistics
-from ._retry import RetryPolicy, classify_exception
 from ._runner import LazyInput, admit
 from ._secret import header_secrets, redact
 from ._streaming import CompletionStream, EventReader, stream_failure
-from ._transport import FastTransport
+from ._transport.fast import FastTransport
 from .providers._base import (
     EmbeddingProvider,
     InvalidResponse,

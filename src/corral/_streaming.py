@@ -17,8 +17,8 @@ import attrs
 import httpx2
 
 from ._errors import RequestFailed, exception_for
+from ._flow.retry import classify_exception
 from ._models import Completion, ErrorInfo, ErrorKind
-from ._retry import classify_exception
 from .providers._base import InvalidResponse, ProviderError, StreamParser
 
 if TYPE_CHECKING:

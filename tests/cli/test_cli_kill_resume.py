@@ -28,11 +28,12 @@ from pathlib import Path
 import anyio
 import pytest
 from anyio.abc import Process
-from clikit import count_lines, finish, ids_of, start, wait_until, write_input
 
-from corral.testing._mock import MockServer
-from corral.testing._mock_config import MockConfig
+from corral.testing._mock.config import MockConfig
+from corral.testing._mock.server import MockServer
 from corral.testing._serve import serve
+
+from .clikit import count_lines, finish, ids_of, start, wait_until, write_input
 
 pytestmark = [
     pytest.mark.anyio,

@@ -8,7 +8,8 @@ import sys
 
 import httpx2
 import pytest
-from clikit import child_env, corral_command
+
+from .clikit import child_env, corral_command
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 

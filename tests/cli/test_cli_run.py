@@ -9,14 +9,15 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
-from clikit import EXAMPLE, batch_line, complete_records, ids_of, write_input
 
 import corral
 from corral import _cli
 from corral._cli import amain
-from corral.testing._mock import MockServer
-from corral.testing._mock_config import MockConfig
+from corral.testing._mock.config import MockConfig
+from corral.testing._mock.server import MockServer
 from corral.testing._serve import serve
+
+from .clikit import EXAMPLE, batch_line, complete_records, ids_of, write_input
 
 pytestmark = pytest.mark.anyio
 

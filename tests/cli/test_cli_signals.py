@@ -13,7 +13,12 @@ from pathlib import Path
 
 import anyio
 import pytest
-from clikit import (
+
+from corral.testing._mock.config import MockConfig
+from corral.testing._mock.server import MockServer
+from corral.testing._serve import serve
+
+from .clikit import (
     child_env,
     corral_command,
     count_lines,
@@ -23,10 +28,6 @@ from clikit import (
     wait_until,
     write_input,
 )
-
-from corral.testing._mock import MockServer
-from corral.testing._mock_config import MockConfig
-from corral.testing._serve import serve
 
 pytestmark = [
     pytest.mark.anyio,

@@ -10,14 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from corral._adaptive import (
+from corral._errors import ConfigurationError
+from corral._flow.adaptive import (
     _AIMD,
     AdaptiveConcurrency,
     AdaptiveLimiter,
     Signal,
     signal_for_kind,
 )
-from corral._errors import ConfigurationError
 
 
 def shedding_server(

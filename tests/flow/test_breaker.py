@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from corral._breaker import (
+from corral._errors import ConfigurationError
+from corral._flow.breaker import (
     Admission,
     Breaker,
     BreakerRegistry,
@@ -21,7 +22,6 @@ from corral._breaker import (
     _BreakerState,
     outcome_for_kind,
 )
-from corral._errors import ConfigurationError
 
 T = TypeVar("T")
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from corral._budget import Budget, BudgetTracker, Reservation, Verdict
 from corral._errors import ConfigurationError
+from corral._flow.budget import Budget, BudgetTracker, Reservation, Verdict
 
 T = TypeVar("T")
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from corral._ratelimit import (
+from corral._flow.ratelimit import (
     _GCRA,
     LimitInfo,
     RateLimit,

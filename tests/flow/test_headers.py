@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from corral._ratelimit import (
+from corral._flow.ratelimit import (
     LimitInfo,
     is_quota_exhausted,
     parse_duration,

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corral._errors import ConfigurationError
+from corral._flow.pricing import LongContextPrice, ModelPrice, Pricing
 from corral._models import Usage
-from corral._pricing import LongContextPrice, ModelPrice, Pricing
 
 # USD per million tokens, chosen so that hand computation is easy.
 PRICES = Pricing(

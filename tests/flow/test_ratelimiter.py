@@ -10,7 +10,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from corral._ratelimit import RateLimit, RateLimiter
+from corral._flow.ratelimit import RateLimit, RateLimiter
 
 pytestmark = [pytest.mark.anyio, pytest.mark.virtual_time]
 

@@ -7,9 +7,10 @@ from typing import Any
 
 import anyio
 import pytest
-from flowkit import HitClock, Message, Scope, chats, open_client
 
 from corral.testing import MockServer
+
+from .flowkit import HitClock, Message, Scope, chats, open_client
 
 pytestmark = [pytest.mark.anyio, pytest.mark.virtual_time]
 

@@ -6,10 +6,11 @@ from collections.abc import AsyncIterator
 
 import anyio
 import pytest
-from flowkit import HitClock, chat, open_client
 
 import corral
 from corral.testing import MockServer
+
+from .flowkit import HitClock, chat, open_client
 
 pytestmark = [pytest.mark.anyio, pytest.mark.virtual_time]
 

@@ -7,10 +7,11 @@ import logging
 
 import anyio
 import pytest
-from flowkit import chat, open_client, stories
 
 import corral
 from corral.testing import MockServer
+
+from .flowkit import chat, open_client, stories
 
 pytestmark = [pytest.mark.anyio, pytest.mark.virtual_time]
 

@@ -10,10 +10,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from flowkit import MINUTE, HitClock, chats, most_in_any_window, open_client, stories
 
 import corral
 from corral.testing import MockServer
+
+from .flowkit import MINUTE, HitClock, chats, most_in_any_window, open_client, stories
 
 pytestmark = [pytest.mark.anyio, pytest.mark.virtual_time]
 

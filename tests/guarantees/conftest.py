@@ -17,7 +17,7 @@ import anyio
 import pytest
 import stamina
 
-from procfs import open_fds, sockets_to
+from ..procfs import open_fds, sockets_to
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

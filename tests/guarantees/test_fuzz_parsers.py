@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from corral import ChatRequest, Completion, EmbeddingRequest, EmbeddingResult, ErrorInfo, ErrorKind
-from corral._retry import parse_retry_after
+from corral._flow.retry import parse_retry_after
 from corral._streaming import EventReader, stream_failure
 from corral.providers import Anthropic, Gemini, InvalidResponse, OpenAI, ProviderError
 from corral.testing import render_events

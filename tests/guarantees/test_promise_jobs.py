@@ -19,7 +19,7 @@ import httpx2
 import pytest
 
 import corral
-from corral._jobs import run_jsonl
+from corral.jobs._engine import run_jsonl
 from corral.providers import OpenAI
 from corral.testing import MockConfig, MockServer
 

@@ -14,8 +14,8 @@ import httpx2
 
 import corral
 from corral.providers import OpenAI
-from corral.testing._mock import MockServer
-from corral.testing._mock_config import MockConfig
+from corral.testing._mock.config import MockConfig
+from corral.testing._mock.server import MockServer
 
 BASE = "http://127.0.0.1/v1"
 

@@ -10,7 +10,20 @@ from pathlib import Path
 
 import anyio
 import pytest
-from jobkit import (
+
+import corral
+from corral._errors import (
+    CorruptOutputError,
+    JobLockedError,
+    JobMismatchError,
+    OutputWriteError,
+)
+from corral.jobs._engine import JsonlJob, default_errors_path, run_jsonl
+from corral.jobs._manifest import manifest_path
+from corral.testing._mock.config import MockConfig
+from corral.testing._mock.server import MockServer
+
+from .jobkit import (
     answers,
     batch_line,
     hits_by_id,
@@ -21,18 +34,6 @@ from jobkit import (
     write_input,
     write_lines,
 )
-
-import corral
-from corral._jobs import JsonlJob, default_errors_path, run_jsonl
-from corral._jobs_errors import (
-    CorruptOutputError,
-    JobLockedError,
-    JobMismatchError,
-    OutputWriteError,
-)
-from corral._jobs_manifest import manifest_path
-from corral.testing._mock import MockServer
-from corral.testing._mock_config import MockConfig
 
 pytestmark = pytest.mark.anyio
 

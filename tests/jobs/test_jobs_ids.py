@@ -7,7 +7,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from corral._jobs_ids import IdDigest, IdTable, id_hash
+from corral.jobs._ids import IdDigest, IdTable, id_hash
 
 
 @given(st.lists(st.integers(min_value=1, max_value=2**64 - 1), max_size=3000))

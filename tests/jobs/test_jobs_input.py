@@ -7,12 +7,13 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from jobkit import batch_line, write_input, write_lines
 
 import corral
-from corral import _jobs_input
-from corral._jobs_ids import id_hash
-from corral._jobs_input import MAX_CUSTOM_ID, pending_requests, scan_input
+from corral.jobs import _input as _jobs_input
+from corral.jobs._ids import id_hash
+from corral.jobs._input import MAX_CUSTOM_ID, pending_requests, scan_input
+
+from .jobkit import batch_line, write_input, write_lines
 
 
 def _line(**fields: object) -> str:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import corral
-from corral._jobs_errors import CorruptOutputError, OutputWriteError
-from corral._jobs_output import RecordWriter, read_records
+from corral._errors import CorruptOutputError, OutputWriteError
+from corral.jobs._output import RecordWriter, read_records
 
 
 def _record(custom_id: str, text: str = "ok") -> bytes:

@@ -13,8 +13,8 @@ import stamina
 
 import corral
 from corral.providers import Anthropic, Gemini, OpenAI
-from corral.testing._mock import MockServer
-from corral.testing._mock_text import CACHE_MIN_TOKENS, CHARS_PER_TOKEN
+from corral.testing._mock.server import MockServer
+from corral.testing._mock.text import CACHE_MIN_TOKENS, CHARS_PER_TOKEN
 
 pytestmark = pytest.mark.anyio
 

@@ -13,7 +13,7 @@ import pytest
 import corral
 from corral._models import EmbeddingRequest
 from corral.providers import Anthropic, Gemini, OpenAI
-from corral.testing._mock import MockServer
+from corral.testing._mock.server import MockServer
 
 pytestmark = pytest.mark.anyio
 

@@ -11,7 +11,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from corral.testing._mock import MockServer
+from corral.testing._mock.server import MockServer
 
 Connect = Callable[[MockServer], AbstractAsyncContextManager[httpx2.AsyncClient]]
 

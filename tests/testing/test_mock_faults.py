@@ -9,8 +9,8 @@ import anyio
 import httpx2
 import pytest
 
-from corral.testing._mock import MockServer
-from corral.testing._mock_config import MockConfig, MockHit
+from corral.testing._mock.config import MockConfig, MockHit
+from corral.testing._mock.server import MockServer
 
 pytestmark = pytest.mark.anyio
 

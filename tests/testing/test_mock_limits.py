@@ -9,9 +9,9 @@ from typing import Any
 import anyio
 import pytest
 
-from corral.testing._mock import MockServer
-from corral.testing._mock_limits import google_duration, http_date, openai_duration, rfc3339
-from corral.testing._mock_text import count_mock_tokens
+from corral.testing._mock.limits import google_duration, http_date, openai_duration, rfc3339
+from corral.testing._mock.server import MockServer
+from corral.testing._mock.text import count_mock_tokens
 
 pytestmark = pytest.mark.anyio
 

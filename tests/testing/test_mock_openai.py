@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from corral.testing._mock import MockServer
-from corral.testing._mock_text import count_mock_tokens, mock_answer
+from corral.testing._mock.server import MockServer
+from corral.testing._mock.text import count_mock_tokens, mock_answer
 
 pytestmark = pytest.mark.anyio
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from corral.testing._mock_text import (
+from corral.testing._mock.text import (
     count_mock_tokens,
     embedding_vector,
     generate,

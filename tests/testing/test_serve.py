@@ -12,9 +12,9 @@ import anyio
 import httpx2
 import pytest
 
-from corral.testing._mock import MockServer
-from corral.testing._mock_config import MockConfig
-from corral.testing._mock_text import count_mock_tokens, mock_answer
+from corral.testing._mock.config import MockConfig
+from corral.testing._mock.server import MockServer
+from corral.testing._mock.text import count_mock_tokens, mock_answer
 from corral.testing._serve import (
     RunningServer,
     parse_error_rates,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from corral._http11 import HAS_HTTPTOOLS, ParserName
+from corral._transport.http11 import HAS_HTTPTOOLS, ParserName
 
 PARSERS: list[ParserName] = ["httptools", "h11"] if HAS_HTTPTOOLS else ["h11"]
 

@@ -7,8 +7,13 @@ from typing import Any
 import httpx2
 import pytest
 
-from corral._httpx_shortcuts import header_fields, json_post, raw_headers, streamed_response
-from corral._transport import _Response
+from corral._transport.fast import _Response
+from corral._transport.httpx_internals import (
+    header_fields,
+    json_post,
+    raw_headers,
+    streamed_response,
+)
 from corral.providers._base import post_json
 
 PAIRS = [

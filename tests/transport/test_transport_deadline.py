@@ -15,7 +15,15 @@ import anyio
 import httpx2
 import pytest
 import trustme
-from transport_helpers import (
+
+import corral
+from corral import ErrorKind
+from corral._transport.fast import FastTransport
+from corral._transport.http11 import ParserName
+from corral._transport.sockets import DeadlinePassed, SocketStream
+from corral.providers import OpenAI
+
+from .transport_helpers import (
     Peer,
     answer,
     black_hole,
@@ -24,13 +32,6 @@ from transport_helpers import (
     stall_after,
     unanswered_address,
 )
-
-import corral
-from corral import ErrorKind
-from corral._http11 import ParserName
-from corral._transport import FastTransport
-from corral._transport_socket import DeadlinePassed, SocketStream
-from corral.providers import OpenAI
 
 pytestmark = pytest.mark.anyio
 

@@ -9,9 +9,10 @@ import anyio
 import anyio.abc
 import httpx2
 import pytest
-from transport_helpers import Peer, answer, http_response, raw_server
 
-from corral._transport import FastTransport
+from corral._transport.fast import FastTransport
+
+from .transport_helpers import Peer, answer, http_response, raw_server
 
 pytestmark = pytest.mark.anyio
 

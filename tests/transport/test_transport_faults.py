@@ -11,7 +11,13 @@ import json
 import anyio
 import httpx2
 import pytest
-from transport_helpers import (
+
+from corral import ErrorKind
+from corral._flow.retry import classify_exception
+from corral._transport.fast import FastTransport
+from corral._transport.http11 import ParserName
+
+from .transport_helpers import (
     Peer,
     answer,
     black_hole,
@@ -20,11 +26,6 @@ from transport_helpers import (
     raw_server,
     stall_after,
 )
-
-from corral import ErrorKind
-from corral._http11 import ParserName
-from corral._retry import classify_exception
-from corral._transport import FastTransport
 
 pytestmark = pytest.mark.anyio
 

@@ -9,9 +9,8 @@ import httpx2
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from transport_helpers import chunked, http_response
 
-from corral._http11 import (
+from corral._transport.http11 import (
     HAS_HTTPTOOLS,
     H11Parser,
     HttptoolsParser,
@@ -20,6 +19,8 @@ from corral._http11 import (
     encode_request_head,
     make_parser,
 )
+
+from .transport_helpers import chunked, http_response
 
 PARSER_NAMES = ["httptools", "h11"] if HAS_HTTPTOOLS else ["h11"]
 

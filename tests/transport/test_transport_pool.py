@@ -8,10 +8,11 @@ import anyio
 import anyio.lowlevel
 import httpx2
 import pytest
-from transport_helpers import Peer, answer, http_response, raw_server
 
-from corral._http11 import ParserName
-from corral._transport import FastTransport
+from corral._transport.fast import FastTransport
+from corral._transport.http11 import ParserName
+
+from .transport_helpers import Peer, answer, http_response, raw_server
 
 pytestmark = pytest.mark.anyio
 

@@ -12,10 +12,11 @@ from contextlib import aclosing
 import anyio
 import httpx2
 import pytest
-from transport_helpers import Peer, answer, chunked, http_response, raw_server
 
-from corral._http11 import ParserName
-from corral._transport import FastTransport
+from corral._transport.fast import FastTransport
+from corral._transport.http11 import ParserName
+
+from .transport_helpers import Peer, answer, chunked, http_response, raw_server
 
 pytestmark = pytest.mark.anyio
 

@@ -9,7 +9,11 @@ import anyio.abc
 import anyio.lowlevel
 import httpx2
 import pytest
-from transport_helpers import (
+
+from corral._transport.fast import FastTransport
+from corral._transport.sockets import SocketStream, connect_any, open_tcp_socket
+
+from .transport_helpers import (
     Peer,
     answer,
     free_port,
@@ -17,9 +21,6 @@ from transport_helpers import (
     raw_server,
     unanswered_address,
 )
-
-from corral._transport import FastTransport
-from corral._transport_socket import SocketStream, connect_any, open_tcp_socket
 
 pytestmark = pytest.mark.anyio
 

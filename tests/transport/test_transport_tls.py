@@ -9,12 +9,13 @@ import anyio
 import httpx2
 import pytest
 import trustme
-from transport_helpers import Peer, answer, http_response, raw_server
 
 from corral import ErrorKind
-from corral._http11 import ParserName
-from corral._retry import classify_exception
-from corral._transport import FastTransport
+from corral._flow.retry import classify_exception
+from corral._transport.fast import FastTransport
+from corral._transport.http11 import ParserName
+
+from .transport_helpers import Peer, answer, http_response, raw_server
 
 pytestmark = pytest.mark.anyio
 

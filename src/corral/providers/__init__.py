@@ -6,6 +6,7 @@ optional capabilities. :func:`corral.testing.check_provider` checks an adapter a
 responses.
 """
 
+from .._exports import publish
 from ._anthropic import Anthropic
 from ._base import (
     EmbeddingProvider,
@@ -31,3 +32,5 @@ __all__ = [
     "StreamParser",
     "StreamingProvider",
 ]
+
+publish(globals(), __name__)

@@ -9,12 +9,12 @@ from typing import Any, Final
 import attrs
 import httpx2
 
-from .. import __version__
 from .._errors import InvalidRequestError
+from .._flow.ratelimit import RateLimitHeaders, is_quota_exhausted, parse_rate_limit_headers
+from .._flow.retry import should_retry_override
 from .._models import ChatRequest, Completion, ErrorInfo, ErrorKind, Message, Usage
-from .._ratelimit import RateLimitHeaders, is_quota_exhausted, parse_rate_limit_headers
-from .._retry import should_retry_override
 from .._secret import Secret
+from .._version import __version__
 from ._base import (
     PARSE_ERRORS,
     InvalidResponse,

@@ -22,7 +22,8 @@ from typing import Any, Final, Protocol, runtime_checkable
 import httpx2
 
 from .._errors import ConfigurationError, InvalidRequestError
-from .._httpx_shortcuts import json_post
+from .._flow.ratelimit import RateLimitHeaders
+from .._flow.retry import classify_status, parse_retry_after, should_retry_override
 from .._models import (
     ChatRequest,
     Completion,
@@ -30,9 +31,8 @@ from .._models import (
     EmbeddingResult,
     ErrorInfo,
 )
-from .._ratelimit import RateLimitHeaders
-from .._retry import classify_status, parse_retry_after, should_retry_override
 from .._secret import Secret
+from .._transport.httpx_internals import json_post
 
 __all__ = [
     "EmbeddingProvider",
@@ -435,8 +435,8 @@ def post_json(
     """Build a POST of a JSON body, complete with its ``Host`` and ``Content-Length``.
 
     The same request as ``httpx2.Request("POST", url, headers=..., content=...)``, built
-    from bytes encoded here once (see :mod:`corral._httpx_shortcuts`) instead of normalised
-    again by httpx2.
+    from bytes encoded here once (see :mod:`corral._transport.httpx_internals`) instead of
+    normalised again by httpx2.
 
     Args:
         url: The endpoint.

@@ -12,8 +12,9 @@ from urllib.parse import quote
 import attrs
 import httpx2
 
-from .. import __version__
 from .._errors import InvalidRequestError
+from .._flow.ratelimit import parse_duration
+from .._flow.retry import classify_status, parse_retry_after, should_retry_override
 from .._models import (
     ChatRequest,
     Completion,
@@ -24,9 +25,8 @@ from .._models import (
     Message,
     Usage,
 )
-from .._ratelimit import parse_duration
-from .._retry import classify_status, parse_retry_after, should_retry_override
 from .._secret import Secret
+from .._version import __version__
 from ._base import (
     PARSE_ERRORS,
     InvalidResponse,

@@ -10,7 +10,7 @@ from typing import Any, Final
 
 import httpx2
 
-from .. import __version__
+from .._flow.ratelimit import RateLimitHeaders, parse_rate_limit_headers
 from .._models import (
     ChatRequest,
     Completion,
@@ -20,8 +20,8 @@ from .._models import (
     ErrorKind,
     Usage,
 )
-from .._ratelimit import RateLimitHeaders, parse_rate_limit_headers
 from .._secret import Secret
+from .._version import __version__
 from ._base import (
     PARSE_ERRORS,
     InvalidResponse,

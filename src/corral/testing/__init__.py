@@ -12,6 +12,7 @@ General layout:
 - ``_conformance``: :func:`check_provider`, the same assertions for any provider adapter.
 """
 
+from .._exports import publish
 from ._clock import VirtualTimeEventLoop, VirtualTimeStatistics, virtual_time_backend
 from ._conformance import (
     Case,
@@ -23,9 +24,9 @@ from ._conformance import (
     load_cases,
     render_events,
 )
-from ._mock import MockServer
-from ._mock_config import LatencySpec, MockConfig, MockHit, MockStatistics, RateLimitAlgorithm
-from ._mock_text import count_mock_tokens, mock_answer
+from ._mock.config import LatencySpec, MockConfig, MockHit, MockStatistics, RateLimitAlgorithm
+from ._mock.server import MockServer
+from ._mock.text import count_mock_tokens, mock_answer
 from ._serve import RunningServer, run_mock_server, serve
 
 __all__ = [
@@ -52,3 +53,5 @@ __all__ = [
     "serve",
     "virtual_time_backend",
 ]
+
+publish(globals(), __name__)

@@ -16,9 +16,9 @@ from typing import Any, Final
 import anyio
 import attrs
 
-from ._mock import MockServer
-from ._mock_config import MockConfig
-from ._mock_wire import Message, Receive, Scope, Send
+from ._mock.config import MockConfig
+from ._mock.server import MockServer
+from ._mock.wire import Message, Receive, Scope, Send
 
 __all__ = ["RunningServer", "parse_error_rates", "parse_latency", "run_mock_server", "serve"]
 

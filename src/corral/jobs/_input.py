@@ -15,9 +15,9 @@ from typing import Final
 
 import attrs
 
-from ._errors import InvalidInputError
-from ._jobs_ids import IdDigest, IdTable, id_hash
-from ._models import ChatRequest
+from .._errors import InvalidInputError
+from .._models import ChatRequest
+from ._ids import IdDigest, IdTable, id_hash
 
 __all__: list[str] = []  # internal: nothing here is public API
 

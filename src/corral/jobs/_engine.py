@@ -2,11 +2,11 @@
 
 :class:`JsonlJob` is the engine behind ``corral run`` and :func:`run_jsonl`. A job reads its input
 twice: a first pass checks every line and keeps one 8-byte hash per ``custom_id``
-(:mod:`corral._jobs_input`); a second pass feeds the lines not done yet to
+(:mod:`corral.jobs._input`); a second pass feeds the lines not done yet to
 :meth:`corral.Client.stream`. One writer (the consuming task) appends each result to the output
 or errors file and a syncer task fsyncs them in small groups; a result counts as done only once
-synced (:mod:`corral._jobs_output`). A manifest next to the output ties it to its input and keeps
-the job's totals across resumes (:mod:`corral._jobs_manifest`).
+synced (:mod:`corral.jobs._output`). A manifest next to the output ties it to its input and keeps
+the job's totals across resumes (:mod:`corral.jobs._manifest`).
 
 At most ``max_concurrency`` requests are ever sent and not yet written: a job-level limiter token
 is taken before a line is handed to the client and given back only once its record is written. A
@@ -23,14 +23,13 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from ._client import Client
-from ._errors import check_number
-from ._jobs_errors import JobLockedError, JobMismatchError, OutputWriteError
-from ._jobs_ids import id_hash
-from ._jobs_input import InputScan, ScanStopped, pending_requests, scan_input
-from ._jobs_manifest import JobIdentity, Ledger, load_manifest, manifest_path, save_manifest
-from ._jobs_output import RecordWriter, read_records
-from ._models import BatchStatistics, ChatRequest, Result, Usage
+from .._client import Client
+from .._errors import JobLockedError, JobMismatchError, OutputWriteError, check_number
+from .._models import BatchStatistics, ChatRequest, Result, Usage
+from ._ids import id_hash
+from ._input import InputScan, ScanStopped, pending_requests, scan_input
+from ._manifest import JobIdentity, Ledger, load_manifest, manifest_path, save_manifest
+from ._output import RecordWriter, read_records
 
 try:
     import fcntl

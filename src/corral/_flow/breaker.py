@@ -36,7 +36,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from ._errors import check_number, check_type
+from .._errors import check_number, check_type
 
 __all__ = ["BreakerState", "BreakerStatistics", "CircuitBreaker"]
 

@@ -2,7 +2,7 @@
 
 :class:`FastTransport` is an :class:`httpx2.AsyncBaseTransport`, so any ``httpx2.AsyncClient``
 can use it, and it runs unchanged on asyncio and trio (sockets waited on with anyio, TLS by
-anyio's ``TLSStream``; see :mod:`corral._transport_socket`). It does plain HTTP/1.1 itself,
+anyio's ``TLSStream``; see :mod:`corral._transport.sockets`). It does plain HTTP/1.1 itself,
 the whole hot path of an LLM client, and hands everything else (HTTP/2, proxies, Unix
 sockets, other schemes) to a stock ``httpx2.AsyncHTTPTransport`` that it creates on first
 need.
@@ -27,7 +27,7 @@ import httpx2
 from anyio.streams.tls import TLSStream
 from httpx2._utils import URLPattern, get_environment_proxies
 
-from ._http11 import (
+from .http11 import (
     HAS_HTTPTOOLS,
     H11Parser,
     HttptoolsParser,
@@ -36,9 +36,9 @@ from ._http11 import (
     encode_chunk,
     encode_request_head,
 )
-from ._httpx_shortcuts import streamed_response
-from ._transport_pool import Connection, ConnectionPool, Origin, close_stream, within
-from ._transport_socket import DeadlinePassed, SocketStream, open_tcp_socket
+from .httpx_internals import streamed_response
+from .pool import Connection, ConnectionPool, Origin, close_stream, within
+from .sockets import DeadlinePassed, SocketStream, open_tcp_socket
 
 __all__ = ["FastTransport", "OriginStatistics", "TransportStatistics"]
 

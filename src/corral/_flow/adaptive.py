@@ -32,7 +32,7 @@ from typing import Any
 import anyio
 import attrs
 
-from ._errors import ConfigurationError, check_number
+from .._errors import ConfigurationError, check_number
 
 __all__ = ["AdaptiveConcurrency", "AdaptiveStatistics"]
 

@@ -15,7 +15,7 @@ from typing import Final
 
 import attrs
 
-from ._mock_config import MockConfig, RateLimitAlgorithm
+from .config import MockConfig, RateLimitAlgorithm
 
 __all__ = [
     "Admission",

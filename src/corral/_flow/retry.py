@@ -15,8 +15,8 @@ from typing import Final
 import attrs
 import httpx2
 
-from ._errors import check_number
-from ._models import ErrorInfo, ErrorKind
+from .._errors import check_number
+from .._models import ErrorInfo, ErrorKind
 
 __all__ = ["RetryPolicy"]
 

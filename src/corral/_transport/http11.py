@@ -14,7 +14,7 @@ from typing import Final, Literal, Protocol
 import h11
 import httpx2
 
-from ._httpx_shortcuts import header_fields
+from .httpx_internals import header_fields
 
 try:
     import httptools

@@ -8,8 +8,8 @@ from typing import Any, Final
 
 import attrs
 
-from ._mock_limits import openai_duration
-from ._mock_text import (
+from .limits import openai_duration
+from .text import (
     CACHE_MIN_TOKENS,
     Generation,
     count_mock_tokens,
@@ -18,7 +18,7 @@ from ._mock_text import (
     generate,
     split_chunks,
 )
-from ._mock_wire import (
+from .wire import (
     Api,
     ApiError,
     Context,

@@ -10,8 +10,8 @@ from typing import Any, TypeAlias
 
 import attrs
 
-from ._mock_config import MockConfig
-from ._mock_limits import Denial, LimitState
+from .config import MockConfig
+from .limits import Denial, LimitState
 
 __all__ = [
     "Api",

@@ -29,8 +29,8 @@ from typing import Any, Final
 
 import attrs
 
-from ._errors import ConfigurationError, check_number, check_type
-from ._models import Usage
+from .._errors import ConfigurationError, check_number, check_type
+from .._models import Usage
 
 __all__ = ["CostBreakdown", "LongContextPrice", "ModelPrice", "Pricing"]
 

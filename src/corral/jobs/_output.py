@@ -20,8 +20,8 @@ from typing import Any, Final, Literal
 
 import attrs
 
-from ._jobs_errors import CorruptOutputError, OutputWriteError
-from ._models import Completion, Result
+from .._errors import CorruptOutputError, OutputWriteError
+from .._models import Completion, Result
 
 __all__: list[str] = []  # internal: nothing here is public API
 

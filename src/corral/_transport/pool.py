@@ -19,8 +19,8 @@ import anyio
 import anyio.abc
 import httpx2
 
-from ._http11 import HttptoolsParser
-from ._transport_socket import SocketStream
+from .http11 import HttptoolsParser
+from .sockets import SocketStream
 
 Origin = tuple[str, bytes, int | None]
 """Scheme, ASCII host and port (None for the scheme's default) of a connection's server."""

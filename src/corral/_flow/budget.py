@@ -26,7 +26,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from ._errors import check_number
+from .._errors import check_number
 
 __all__ = ["Budget", "BudgetStatistics"]
 

@@ -15,9 +15,9 @@ from typing import Any, Final
 
 import attrs
 
-from ._jobs_errors import CorruptOutputError
-from ._jobs_output import write_all
-from ._models import BatchStatistics, Completion, Result, Usage
+from .._errors import CorruptOutputError
+from .._models import BatchStatistics, Completion, Result, Usage
+from ._output import write_all
 
 __all__: list[str] = []  # internal: nothing here is public API
 

@@ -46,8 +46,8 @@ import anyio.lowlevel
 import attrs
 import httpx2
 
-from ._errors import ConfigurationError, check_number
-from ._httpx_shortcuts import header_fields
+from .._errors import ConfigurationError, check_number
+from .._transport.httpx_internals import header_fields
 
 __all__ = [
     "LimitInfo",

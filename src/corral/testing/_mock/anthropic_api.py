@@ -8,9 +8,9 @@ from typing import Any, Final
 
 import attrs
 
-from ._mock_limits import LimitState, rfc3339
-from ._mock_text import CACHE_MIN_TOKENS, Generation, count_mock_tokens, generate, split_chunks
-from ._mock_wire import (
+from .limits import LimitState, rfc3339
+from .text import CACHE_MIN_TOKENS, Generation, count_mock_tokens, generate, split_chunks
+from .wire import (
     Api,
     ApiError,
     Context,

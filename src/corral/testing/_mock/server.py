@@ -24,13 +24,13 @@ import anyio
 import attrs
 import httpx2
 
-from ._mock_anthropic import AnthropicApi
-from ._mock_config import MockConfig, MockHit, MockStatistics
-from ._mock_gemini import GeminiApi
-from ._mock_limits import Admission, RateLimits, http_date
-from ._mock_openai import OpenAIApi
-from ._mock_text import count_mock_tokens
-from ._mock_wire import Api, ApiError, Context, Headers, Receive, Reply, Scope, Send, Work
+from .anthropic_api import AnthropicApi
+from .config import MockConfig, MockHit, MockStatistics
+from .gemini_api import GeminiApi
+from .limits import Admission, RateLimits, http_date
+from .openai_api import OpenAIApi
+from .text import count_mock_tokens
+from .wire import Api, ApiError, Context, Headers, Receive, Reply, Scope, Send, Work
 
 __all__ = ["MockServer"]
 

@@ -9,7 +9,7 @@ from typing import Any, Literal, NamedTuple, TypeAlias
 
 import attrs
 
-from .._errors import check_number
+from ..._errors import check_number
 
 __all__ = ["LatencySpec", "MockConfig", "MockHit", "MockStatistics", "RateLimitAlgorithm"]
 
