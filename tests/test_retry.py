@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 
 import corral
 from corral import ErrorKind
-from corral._flow.retry import classify_exception, classify_status, parse_retry_after
+from corral._flow.retry import classify_exception
 from corral.providers import OpenAI
+from corral.providers._headers import classify_status, parse_retry_after
 
 STATUS_TABLE = [
     (400, ErrorKind.BAD_REQUEST, False),

@@ -9,7 +9,8 @@ client < jobs < CLI.
   cattrs converter, the one exception tree (drawn in its docstring) and the masked key wrapper.
 - ``_transport/``: :class:`FastTransport`, corral's own HTTP/1.1 transport over anyio streams.
 - ``_flow/``: rate limit, circuit breaker, budget, pricing, adaptive concurrency, retry policy.
-- ``providers/``: one pure adapter per API (public: ``corral.providers``).
+- ``providers/``: one pure adapter per API (public: ``corral.providers``), and ``_headers``,
+  the one reader of rate-limit headers, retry hints and statuses.
 - ``_client`` / ``_runner`` / ``_streaming``: :class:`Client`, its acquire-then-spawn admission
   loop, and streamed completions.
 - ``jobs/``: durable, resumable JSONL jobs (public: ``corral.jobs``).
@@ -50,7 +51,7 @@ from ._flow.adaptive import AdaptiveConcurrency, AdaptiveStatistics
 from ._flow.breaker import BreakerState, BreakerStatistics, CircuitBreaker
 from ._flow.budget import Budget, BudgetStatistics
 from ._flow.pricing import CostBreakdown, LongContextPrice, ModelPrice, Pricing
-from ._flow.ratelimit import LimitInfo, RateLimit, RateLimiterStatistics, RateLimitHeaders
+from ._flow.ratelimit import RateLimit, RateLimiterStatistics
 from ._flow.retry import RetryPolicy
 from ._models import (
     AnyRequest,
@@ -63,7 +64,9 @@ from ._models import (
     ErrorInfo,
     ErrorKind,
     Failure,
+    LimitInfo,
     Message,
+    RateLimitHeaders,
     Result,
     Usage,
 )

@@ -60,6 +60,7 @@ from .providers._base import (
     ProviderError,
     StreamingProvider,
 )
+from .providers._headers import read_rate_limits
 
 __all__ = ["Client", "ClientStatistics", "ResultStream"]
 
@@ -1119,7 +1120,7 @@ class Client:
             raise _AttemptFailed(classify_exception(exc)) from exc
         status = response.status_code
         if self._rate is not None:
-            self._rate.observe(response.headers, status)
+            self._rate.observe(read_rate_limits(response.headers), status)
         if 200 <= status < 300:
             return _parse_success(parse, request, response)
         raise _AttemptFailed(self._provider.classify_error(response))
@@ -1189,7 +1190,7 @@ class Client:
         request = prepared.request
         status = response.status_code
         if self._rate is not None:
-            self._rate.observe(response.headers, status)
+            self._rate.observe(read_rate_limits(response.headers), status)
         content_type = response.headers.get("content-type", "").partition(";")[0].strip().lower()
         if not 200 <= status < 300 or content_type != "text/event-stream":
             try:

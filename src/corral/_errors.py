@@ -38,11 +38,35 @@ exception. Bugs propagate unchanged.
 
 from __future__ import annotations
 
+import enum
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 if TYPE_CHECKING:
-    from ._models import ErrorInfo, ErrorKind
+    from ._models import ErrorInfo
+
+
+class ErrorKind(enum.StrEnum):
+    """Why a request failed. Provider errors are normalised into these kinds."""
+
+    RATE_LIMITED = "rate_limited"
+    QUOTA_EXHAUSTED = "quota_exhausted"
+    OVERLOADED = "overloaded"
+    SERVER_ERROR = "server_error"
+    CONFLICT = "conflict"
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+    BAD_REQUEST = "bad_request"
+    AUTHENTICATION = "authentication"
+    PERMISSION = "permission"
+    NOT_FOUND = "not_found"
+    CONTEXT_LENGTH = "context_length"
+    CONTENT_FILTER = "content_filter"
+    INVALID_RESPONSE = "invalid_response"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    CIRCUIT_OPEN = "circuit_open"
 
 
 class CorralError(Exception):
@@ -160,28 +184,62 @@ def exception_for(info: ErrorInfo, *, request_id: str, attempts: int) -> Request
         request_id: The request's id.
         attempts: How many HTTP attempts were made.
     """
-    cls = _BY_KIND.get(info.kind.value, RequestFailed)
-    return cls(info, request_id=request_id, attempts=attempts)
+    return KIND_POLICIES[info.kind].exception(info, request_id=request_id, attempts=attempts)
 
 
-_BY_KIND: dict[str, type[RequestFailed]] = {
-    "rate_limited": RateLimitedError,
-    "quota_exhausted": RateLimitedError,
-    "overloaded": OverloadedError,
-    "server_error": ServerError,
-    "conflict": ServerError,
-    "timeout": RequestTimeoutError,
-    "connection": ConnectionFailedError,
-    "bad_request": BadRequestError,
-    "context_length": ContextLengthError,
-    "content_filter": ContentFilterError,
-    "authentication": AuthenticationError,
-    "permission": PermissionDeniedError,
-    "not_found": NotFoundError,
-    "invalid_response": InvalidResponseError,
-    "budget_exhausted": BudgetExhaustedError,
-    "circuit_open": CircuitOpenError,
-}
+class KindPolicy(NamedTuple):
+    """What one :class:`ErrorKind` means to every part of corral that reacts to failures.
+
+    Args:
+        retryable: Whether a failure of this kind is retried unless the provider says otherwise
+            (``x-should-retry``, a documented error type).
+        breaker: Whether it counts as the upstream failing, for the circuit breaker.
+        overload: Whether it tells adaptive concurrency that the server is overloaded (the
+            other failures say nothing about capacity).
+        exception: The exception :meth:`corral.Client.complete` raises for it.
+    """
+
+    retryable: bool
+    breaker: bool
+    overload: bool
+    exception: type[RequestFailed]
+
+
+# The one table of error kinds. Every ErrorKind has a row: the check below fails at import
+# when one is missing, and tests/test_error_kinds.py checks each row against the tree above.
+KIND_POLICIES: Final[Mapping[str, KindPolicy]] = MappingProxyType(
+    {
+        # kind                        retryable breaker overload exception
+        ErrorKind.RATE_LIMITED: KindPolicy(True, False, True, RateLimitedError),
+        ErrorKind.QUOTA_EXHAUSTED: KindPolicy(False, False, False, RateLimitedError),
+        ErrorKind.OVERLOADED: KindPolicy(True, True, True, OverloadedError),
+        ErrorKind.SERVER_ERROR: KindPolicy(True, True, False, ServerError),
+        ErrorKind.CONFLICT: KindPolicy(True, False, False, ServerError),
+        ErrorKind.TIMEOUT: KindPolicy(True, True, True, RequestTimeoutError),
+        ErrorKind.CONNECTION: KindPolicy(True, True, False, ConnectionFailedError),
+        ErrorKind.BAD_REQUEST: KindPolicy(False, False, False, BadRequestError),
+        ErrorKind.CONTEXT_LENGTH: KindPolicy(False, False, False, ContextLengthError),
+        ErrorKind.CONTENT_FILTER: KindPolicy(False, False, False, ContentFilterError),
+        ErrorKind.AUTHENTICATION: KindPolicy(False, False, False, AuthenticationError),
+        ErrorKind.PERMISSION: KindPolicy(False, False, False, PermissionDeniedError),
+        ErrorKind.NOT_FOUND: KindPolicy(False, False, False, NotFoundError),
+        ErrorKind.INVALID_RESPONSE: KindPolicy(False, False, False, InvalidResponseError),
+        ErrorKind.BUDGET_EXHAUSTED: KindPolicy(False, False, False, BudgetExhaustedError),
+        ErrorKind.CIRCUIT_OPEN: KindPolicy(False, False, False, CircuitOpenError),
+    }
+)
+
+if missing := [kind.value for kind in ErrorKind if kind not in KIND_POLICIES]:
+    raise RuntimeError(f"corral._errors.KIND_POLICIES has no row for {missing}")
+
+
+def default_retryable(kind: ErrorKind | str) -> bool:
+    """Return whether a failure of *kind* is retried unless the provider says otherwise.
+
+    Args:
+        kind: The :class:`ErrorKind` (or its string value).
+    """
+    return KIND_POLICIES[kind].retryable
 
 
 def check_number(

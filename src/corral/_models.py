@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import itertools
 import math
 import os
@@ -11,6 +10,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, TypeAlias
 
 import attrs
+
+from ._errors import ErrorKind
 
 __all__ = [
     "AnyRequest",
@@ -23,7 +24,9 @@ __all__ = [
     "ErrorInfo",
     "ErrorKind",
     "Failure",
+    "LimitInfo",
     "Message",
+    "RateLimitHeaders",
     "Result",
     "Usage",
 ]
@@ -38,27 +41,6 @@ _ID_COUNTER = itertools.count()
 
 def _new_id() -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER)}"
-
-
-class ErrorKind(enum.StrEnum):
-    """Why a request failed. Provider errors are normalised into these kinds."""
-
-    RATE_LIMITED = "rate_limited"
-    QUOTA_EXHAUSTED = "quota_exhausted"
-    OVERLOADED = "overloaded"
-    SERVER_ERROR = "server_error"
-    CONFLICT = "conflict"
-    TIMEOUT = "timeout"
-    CONNECTION = "connection"
-    BAD_REQUEST = "bad_request"
-    AUTHENTICATION = "authentication"
-    PERMISSION = "permission"
-    NOT_FOUND = "not_found"
-    CONTEXT_LENGTH = "context_length"
-    CONTENT_FILTER = "content_filter"
-    INVALID_RESPONSE = "invalid_response"
-    BUDGET_EXHAUSTED = "budget_exhausted"
-    CIRCUIT_OPEN = "circuit_open"
 
 
 def _token_count(inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -445,6 +427,36 @@ def _check_retry_after(inst: object, attribute: attrs.Attribute[Any], value: Any
         raise ValueError(
             f"ErrorInfo.retry_after_s must be a finite number >= 0 or None, got {value!r:.100}"
         )
+
+
+@attrs.frozen
+class LimitInfo:
+    """What a server said about one limit in one response.
+
+    Args:
+        limit: The limit per minute, if the server said.
+        remaining: What is left of it now, if the server said.
+        reset: Seconds until the limit is fully replenished, if the server said.
+    """
+
+    limit: float | None = None
+    remaining: float | None = None
+    reset: float | None = None
+
+
+@attrs.frozen
+class RateLimitHeaders:
+    """The rate-limit information found in one response's headers, by limit name.
+
+    Args:
+        limits: `LimitInfo` by name (``requests``, ``tokens``, ``input_tokens``,
+            ``output_tokens``); only names the server mentioned appear.
+    """
+
+    limits: Mapping[str, LimitInfo] = attrs.field(factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.limits)
 
 
 @attrs.frozen

@@ -13,11 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from corral import LimitInfo, RateLimitHeaders
 from corral._flow.ratelimit import (
     _GCRA,
-    LimitInfo,
     RateLimit,
-    RateLimitHeaders,
     _OutputRatio,
     _RateLimiterCore,
 )

@@ -10,6 +10,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+from corral import LimitInfo, RateLimitHeaders
 from corral._flow.ratelimit import RateLimit, RateLimiter
 
 pytestmark = [pytest.mark.anyio, pytest.mark.virtual_time]
@@ -129,9 +130,7 @@ async def test_limits_are_learned_from_headers_without_configuration() -> None:
     for _ in range(10):
         await limiter.acquire()
     assert anyio.current_time() == start  # nothing known yet: no pacing
-    limiter.observe(
-        {"x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "0"}, 200
-    )
+    limiter.observe(RateLimitHeaders({"requests": LimitInfo(limit=60, remaining=0)}), 200)
     assert limiter.statistics().limits == {"requests": 60.0}
     for _ in range(5):
         await limiter.acquire()
@@ -143,12 +142,7 @@ async def test_a_429_with_a_spent_limit_starts_the_cooldown_from_headers() -> No
     limiter = RateLimiter(RateLimit())
     start = anyio.current_time()
     limiter.observe(
-        {
-            "x-ratelimit-limit-tokens": "1000",
-            "x-ratelimit-remaining-tokens": "0",
-            "x-ratelimit-reset-tokens": "12s",
-        },
-        429,
+        RateLimitHeaders({"tokens": LimitInfo(limit=1000, remaining=0, reset=12.0)}), 429
     )
     await limiter.acquire(10, 10)
     assert anyio.current_time() - start >= 12.0
@@ -158,7 +152,7 @@ async def test_a_429_with_a_spent_limit_starts_the_cooldown_from_headers() -> No
 async def test_observe_does_nothing_when_learning_is_off() -> None:
     """With learn_from_headers=False the limiter ignores the server entirely."""
     limiter = RateLimiter(RateLimit(learn_from_headers=False))
-    limiter.observe({"x-ratelimit-limit-requests": "1", "x-ratelimit-reset-requests": "9m"}, 429)
+    limiter.observe(RateLimitHeaders({"requests": LimitInfo(limit=1, reset=540.0)}), 429)
     assert limiter.statistics().limits == {}
     assert limiter.statistics().learned == {}
 

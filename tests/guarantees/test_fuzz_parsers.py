@@ -30,9 +30,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from corral import ChatRequest, Completion, EmbeddingRequest, EmbeddingResult, ErrorInfo, ErrorKind
-from corral._flow.retry import parse_retry_after
 from corral._streaming import EventReader, stream_failure
 from corral.providers import Anthropic, Gemini, InvalidResponse, OpenAI, ProviderError
+from corral.providers._headers import parse_retry_after
 from corral.testing import render_events
 
 PAYLOADS = Path(__file__).parent.parent / "providers" / "payloads"

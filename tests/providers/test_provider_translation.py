@@ -10,7 +10,7 @@ import httpx2
 import pytest
 
 import corral
-from corral._flow.ratelimit import LimitInfo
+from corral import LimitInfo
 from corral.providers import Anthropic, Gemini, OpenAI
 from corral.providers._base import InvalidResponse, decode_json
 

@@ -32,7 +32,7 @@ from typing import Any
 import anyio
 import attrs
 
-from .._errors import ConfigurationError, check_number
+from .._errors import KIND_POLICIES, ConfigurationError, check_number
 
 __all__ = ["AdaptiveConcurrency", "AdaptiveStatistics"]
 
@@ -48,9 +48,6 @@ class Signal(enum.Enum):
     NEUTRAL = "neutral"
 
 
-_OVERLOAD_KINDS = frozenset({"rate_limited", "overloaded", "timeout"})
-
-
 def signal_for_kind(kind: str | None) -> Signal:
     """Return the controller signal for a request that ended with error `kind` (None: success).
 
@@ -59,7 +56,7 @@ def signal_for_kind(kind: str | None) -> Signal:
     """
     if kind is None:
         return Signal.SUCCESS
-    return Signal.OVERLOAD if str(kind) in _OVERLOAD_KINDS else Signal.NEUTRAL
+    return Signal.OVERLOAD if KIND_POLICIES[kind].overload else Signal.NEUTRAL
 
 
 def _check_int(inst: object, attribute: attrs.Attribute[int], value: int) -> None:

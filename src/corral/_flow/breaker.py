@@ -30,13 +30,13 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any
 
 import anyio
 import anyio.lowlevel
 import attrs
 
-from .._errors import check_number, check_type
+from .._errors import KIND_POLICIES, check_number, check_type
 
 __all__ = ["BreakerState", "BreakerStatistics", "CircuitBreaker"]
 
@@ -60,22 +60,19 @@ class Outcome(enum.Enum):
     IGNORED = "ignored"
 
 
-# Error kinds (corral.ErrorKind values) that mean the upstream itself is failing.
-_COUNTED_KINDS: Final = frozenset({"server_error", "overloaded", "timeout", "connection"})
-
-
 def outcome_for_kind(kind: str | None) -> Outcome:
     """Return the breaker outcome for a request that ended with error `kind` (None: success).
 
-    Counted failures are ``server_error``, ``overloaded``, ``timeout`` and ``connection``;
-    every other kind (``rate_limited``, ``bad_request``, ...) is ignored.
+    Counted failures are ``server_error``, ``overloaded``, ``timeout`` and ``connection`` (the
+    ``breaker`` column of ``corral._errors.KIND_POLICIES``); every other kind
+    (``rate_limited``, ``bad_request``, ...) is ignored.
 
     Args:
         kind: The `corral.ErrorKind` of the failure (or its string value), None for a success.
     """
     if kind is None:
         return Outcome.SUCCESS
-    return Outcome.FAILURE if str(kind) in _COUNTED_KINDS else Outcome.IGNORED
+    return Outcome.FAILURE if KIND_POLICIES[kind].breaker else Outcome.IGNORED
 
 
 def _positive_int(inst: object, attribute: attrs.Attribute[int], value: int) -> None:

@@ -34,27 +34,18 @@ what makes it testable without a loop and lets trio's ``MockClock`` drive the ad
 
 from __future__ import annotations
 
-import email.utils
 import math
-import re
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from typing import Any, Final
 
 import anyio
 import anyio.lowlevel
 import attrs
-import httpx2
 
 from .._errors import ConfigurationError, check_number
-from .._transport.httpx_internals import header_fields
+from .._models import LimitInfo, RateLimitHeaders
 
-__all__ = [
-    "LimitInfo",
-    "RateLimit",
-    "RateLimitHeaders",
-    "RateLimiterStatistics",
-]
+__all__ = ["RateLimit", "RateLimiterStatistics"]
 
 #: The limits corral paces, in the order they are reported.
 LIMIT_NAMES: Final = ("requests", "tokens", "input_tokens", "output_tokens")
@@ -68,8 +59,7 @@ _EPSILON: Final = 1e-9
 # the TAT's sums and in the clock) and `_EPSILON` can never pull it inside.
 _RATE_MARGIN: Final = 1e-7
 
-# Hostile or broken headers are clamped to these, never trusted blindly.
-_MAX_LIMIT: Final = 1e12
+# A hostile or broken cooldown is clamped to this, never trusted blindly.
 _MAX_RESET_S: Final = 86_400.0
 
 
@@ -344,262 +334,6 @@ class _GCRA:
         )
 
 
-@attrs.frozen
-class LimitInfo:
-    """What a server said about one limit in one response.
-
-    Args:
-        limit: The limit per minute, if the server said.
-        remaining: What is left of it now, if the server said.
-        reset: Seconds until the limit is fully replenished, if the server said.
-    """
-
-    limit: float | None = None
-    remaining: float | None = None
-    reset: float | None = None
-
-
-@attrs.frozen
-class RateLimitHeaders:
-    """The rate-limit information found in one response's headers, by limit name.
-
-    Args:
-        limits: `LimitInfo` by name (``requests``, ``tokens``, ``input_tokens``,
-            ``output_tokens``); only names the server mentioned appear.
-    """
-
-    limits: Mapping[str, LimitInfo] = attrs.field(factory=dict)
-
-    def __bool__(self) -> bool:
-        return bool(self.limits)
-
-
-_DURATION_PART: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_UNIT_SECONDS: Final = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "μs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
-
-
-def parse_duration(text: str) -> float | None:
-    """Return a duration in seconds from OpenAI's ``x-ratelimit-reset-*`` format, or None.
-
-    Accepts Go-style durations (``"1s"``, ``"6m0s"``, ``"20ms"``, ``"1h2m3.5s"``) and plain
-    seconds (``"1.5"``). Negative, NaN, infinite and malformed values give None; values longer
-    than a day are clamped to a day.
-
-    Args:
-        text: The header value.
-    """
-    text = text.strip()
-    if not text or len(text) > 64:
-        return None
-    seconds: float
-    try:
-        seconds = float(text)
-    except ValueError:
-        parts = _DURATION_PART.findall(text)
-        if not parts or "".join(n + u for n, u in parts) != text:
-            return None
-        seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
-    if not math.isfinite(seconds) or seconds < 0:
-        return None
-    return min(seconds, _MAX_RESET_S)
-
-
-def _parse_number(text: str) -> float | None:
-    try:
-        value = float(text.strip())
-    except ValueError:
-        return None
-    if not math.isfinite(value) or value < 0:
-        return None
-    return min(value, _MAX_LIMIT)
-
-
-def _parse_timestamp(text: str, reference: datetime) -> float | None:
-    """Return seconds from `reference` until an RFC 3339 timestamp, or None."""
-    text = text.strip()
-    if not text or len(text) > 64:
-        return None
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    try:
-        delta = (when - reference).total_seconds()
-    except OverflowError:
-        return None
-    return min(max(delta, 0.0), _MAX_RESET_S)
-
-
-def _reference_time(headers: Mapping[str, str], wall_now: datetime | None) -> datetime:
-    # The server's own Date header is the best reference for its timestamps: it cancels any
-    # skew between the two clocks (at one second's resolution).
-    raw = headers.get("date")
-    if raw:
-        try:
-            when = email.utils.parsedate_to_datetime(raw)
-        except (TypeError, ValueError, IndexError, OverflowError):
-            when = None
-        if when is not None:
-            return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-    return wall_now if wall_now is not None else datetime.now(UTC)
-
-
-# (header prefix, header suffix template, reset format) per provider family.
-_OPENAI_NAMES: Final = {"requests": "requests", "tokens": "tokens"}
-_ANTHROPIC_NAMES: Final = {
-    "requests": "requests",
-    "tokens": "tokens",
-    "input-tokens": "input_tokens",
-    "output-tokens": "output_tokens",
-}
-
-
-def parse_rate_limit_headers(
-    headers: Mapping[str, str], *, wall_now: datetime | None = None
-) -> RateLimitHeaders:
-    """Read the rate-limit headers of OpenAI-compatible and Anthropic responses.
-
-    OpenAI-style: ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``, resets as durations
-    (``"6m0s"``). Anthropic: ``anthropic-ratelimit-{requests,tokens,input-tokens,
-    output-tokens}-{limit,remaining,reset}``, resets as RFC 3339 timestamps, turned into seconds
-    against the response's ``Date`` header (or `wall_now` when it has none). A value that does
-    not parse is left out; nothing here raises on bad input.
-
-    Args:
-        headers: The response headers; names are matched case-insensitively.
-        wall_now: The wall-clock time to use when the response has no ``Date`` header;
-            defaults to the current time.
-    """
-    lowered = {k.lower(): v for k, v in headers.items()}
-    found: dict[str, dict[str, float]] = {}
-
-    def put(name: str, field: str, value: float | None) -> None:
-        if value is not None:
-            found.setdefault(name, {})[field] = value
-
-    for suffix, name in _OPENAI_NAMES.items():
-        for field in ("limit", "remaining"):
-            raw = lowered.get(f"x-ratelimit-{field}-{suffix}")
-            if raw is not None:
-                put(name, field, _parse_number(raw))
-        raw = lowered.get(f"x-ratelimit-reset-{suffix}")
-        if raw is not None:
-            put(name, "reset", parse_duration(raw))
-
-    reference: datetime | None = None
-    for infix, name in _ANTHROPIC_NAMES.items():
-        for field in ("limit", "remaining"):
-            raw = lowered.get(f"anthropic-ratelimit-{infix}-{field}")
-            if raw is not None:
-                put(name, field, _parse_number(raw))
-        raw = lowered.get(f"anthropic-ratelimit-{infix}-reset")
-        if raw is not None:
-            if reference is None:
-                reference = _reference_time(lowered, wall_now)
-            put(name, "reset", _parse_timestamp(raw, reference))
-
-    limits = {
-        name: LimitInfo(
-            # Under one per minute is no limit a real service sets: believing it would pace the
-            # client to a standstill.
-            limit=limit if (limit := fields.get("limit", 0.0)) >= 1 else None,
-            remaining=fields.get("remaining"),
-            reset=fields.get("reset"),
-        )
-        for name, fields in found.items()
-    }
-    return RateLimitHeaders(limits)
-
-
-def _mentions_rate_limits(headers: Mapping[str, str]) -> bool:
-    """Tell cheaply whether a response carries any rate-limit header worth parsing."""
-    if not isinstance(headers, httpx2.Headers):
-        return True
-    # Most responses from local servers have none: a scan of the lower-cased names httpx2
-    # keeps beats building the mapping that the full parse needs.
-    return b"ratelimit" in b"\n".join([name for _, name, _ in header_fields(headers)])
-
-
-_DAILY_WORDS: Final = re.compile(
-    r"per[ _-]?day|daily|\bRPD\b|\bTPD\b|requests per day|tokens per day|quota", re.IGNORECASE
-)
-_PER_DAY_ID: Final = re.compile(r"per[ _-]?day|daily", re.IGNORECASE)
-
-
-def is_quota_exhausted(status: int, headers: Mapping[str, str], body: object) -> bool:
-    """Tell a 429 that means "daily quota or billing exhausted" from a passing rate limit.
-
-    Such a 429 will not clear within any retry budget, so it should fail fast instead of
-    waiting. Recognised:
-
-    - OpenAI (and compatibles): ``error.code`` or ``error.type`` ``"insufficient_quota"``;
-    - Gemini: a ``google.rpc.QuotaFailure`` detail whose violation names a per-day quota
-      (its ``quotaId`` or ``quotaMetric`` mentions ``PerDay``); per-minute violations are not;
-    - any provider: an error message that mentions a daily limit, "per day", RPD/TPD or
-      "quota", unless the server also asked for a short wait (``Retry-After`` of a minute or
-      less), which marks a passing limit.
-
-    Args:
-        status: The HTTP status; anything other than 429 gives False.
-        headers: The response headers.
-        body: The decoded JSON body (any shape, or None).
-    """
-    if status != 429:
-        return False
-    error = body.get("error") if isinstance(body, Mapping) else None
-    if not isinstance(error, Mapping):
-        error = body if isinstance(body, Mapping) else {}
-    code = error.get("code")
-    kind = error.get("type")
-    if "insufficient_quota" in (code, kind):
-        return True
-    details = error.get("details")
-    if isinstance(details, list):
-        verdict = _gemini_quota_verdict(details)
-        if verdict is not None:
-            return verdict
-    message = error.get("message")
-    if not isinstance(message, str) or not _DAILY_WORDS.search(message):
-        return False
-    lowered = {k.lower(): v for k, v in headers.items()}
-    hint = _parse_number(lowered.get("retry-after", "")) if "retry-after" in lowered else None
-    return hint is None or hint > 60
-
-
-def _gemini_quota_verdict(details: list[Any]) -> bool | None:
-    """Return True for a per-day QuotaFailure, False for another QuotaFailure, else None."""
-    seen_failure = False
-    for detail in details:
-        if not isinstance(detail, Mapping):
-            continue
-        if not str(detail.get("@type", "")).endswith("google.rpc.QuotaFailure"):
-            continue
-        seen_failure = True
-        violations = detail.get("violations")
-        if not isinstance(violations, list):
-            continue
-        for violation in violations:
-            if not isinstance(violation, Mapping):
-                continue
-            ids = " ".join(
-                str(violation.get(key, "")) for key in ("quotaId", "quotaMetric", "description")
-            )
-            if _PER_DAY_ID.search(ids):
-                return True
-    return False if seen_failure else None
-
-
 class _OutputRatio:
     """A cautious running estimate of real output tokens over ``max_tokens``.
 
@@ -825,7 +559,8 @@ class RateLimiter:
     The client calls, per HTTP attempt:
 
     1. ``permit = await limiter.acquire(input_tokens, max_tokens)`` before sending;
-    2. ``limiter.observe(response.headers, response.status_code)`` on every response;
+    2. ``limiter.observe(read_rate_limits(response.headers), response.status_code)`` on every
+       response;
     3. ``limiter.cooldown(seconds)`` when a 429 (or 503/529 with a hint) asks to wait;
     4. ``limiter.settle(permit, actual_input, actual_output)`` once the usage is known.
 
@@ -988,20 +723,17 @@ class RateLimiter:
                 head.granted = costs
         self._wake()
 
-    def observe(self, headers: Mapping[str, str], status: int) -> None:
+    def observe(self, info: RateLimitHeaders, status: int) -> None:
         """Learn the server's limits and remaining quota from one response.
 
         Does nothing when the policy has ``learn_from_headers=False``. A 429 whose headers show
         a spent limit with a reset time starts a shared cooldown until that reset.
 
         Args:
-            headers: The response headers.
+            info: What the response's headers said (see ``corral.providers._headers``).
             status: The response status code.
         """
-        if not self._policy.learn_from_headers or not _mentions_rate_limits(headers):
-            return
-        info = parse_rate_limit_headers(headers)
-        if not info:
+        if not info or not self._policy.learn_from_headers:
             return
         now = self._clock()
         until = self._core.learn(now, info, status)

@@ -1,21 +1,16 @@
-"""Retry policy, error classification and server retry hints.
+"""The retry policy, and the classification of transport exceptions.
 
-The policy is executed by stamina (see :mod:`corral._client`); this module decides *what* is
-retryable and *how long* the server asked us to wait.
+The policy is executed by stamina (see :mod:`corral._client`). Which error kinds are retried is
+the kinds' table in :mod:`corral._errors`; the server's hints are read by
+``corral.providers._headers``.
 """
 
 from __future__ import annotations
 
-import email.utils
-import math
-from collections.abc import Mapping
-from datetime import UTC, datetime
-from typing import Final
-
 import attrs
 import httpx2
 
-from .._errors import check_number
+from .._errors import check_number, default_retryable
 from .._models import ErrorInfo, ErrorKind
 
 __all__ = ["RetryPolicy"]
@@ -72,41 +67,6 @@ class RetryPolicy:
         return cls(attempts=1)
 
 
-# Status -> (kind, retryable). Everything 5xx that is not listed is a retryable server error;
-# every other 4xx is a final bad request.
-_STATUS: Final[dict[int, tuple[ErrorKind, bool]]] = {
-    400: (ErrorKind.BAD_REQUEST, False),
-    401: (ErrorKind.AUTHENTICATION, False),
-    403: (ErrorKind.PERMISSION, False),
-    404: (ErrorKind.NOT_FOUND, False),
-    408: (ErrorKind.TIMEOUT, True),
-    409: (ErrorKind.CONFLICT, True),
-    413: (ErrorKind.BAD_REQUEST, False),
-    422: (ErrorKind.BAD_REQUEST, False),
-    429: (ErrorKind.RATE_LIMITED, True),
-    503: (ErrorKind.OVERLOADED, True),
-    504: (ErrorKind.TIMEOUT, True),
-    529: (ErrorKind.OVERLOADED, True),
-}
-
-
-def classify_status(status: int) -> tuple[ErrorKind, bool]:
-    """Return the error kind and retry decision for an HTTP status that is not a success.
-
-    Args:
-        status: The HTTP status code.
-    """
-    known = _STATUS.get(status)
-    if known is not None:
-        return known
-    if status >= 500:
-        return ErrorKind.SERVER_ERROR, True
-    if 300 <= status < 400:
-        # Redirects are never followed for API calls: a key must not travel to another origin.
-        return ErrorKind.INVALID_RESPONSE, False
-    return ErrorKind.BAD_REQUEST, False
-
-
 def classify_exception(exc: BaseException) -> ErrorInfo:
     """Return the error for a transport exception raised before a response arrived.
 
@@ -116,75 +76,13 @@ def classify_exception(exc: BaseException) -> ErrorInfo:
     name = type(exc).__name__
     detail = str(exc) or name
     if isinstance(exc, httpx2.TimeoutException | TimeoutError):
-        return ErrorInfo(ErrorKind.TIMEOUT, f"{name}: {detail}", retryable=True)
-    if isinstance(exc, httpx2.TooManyRedirects):
-        return ErrorInfo(ErrorKind.INVALID_RESPONSE, f"{name}: {detail}")
-    if isinstance(exc, httpx2.DecodingError):
-        return ErrorInfo(ErrorKind.INVALID_RESPONSE, f"{name}: {detail}")
-    if isinstance(exc, httpx2.TransportError | OSError):
+        kind = ErrorKind.TIMEOUT
+    elif isinstance(exc, httpx2.TooManyRedirects | httpx2.DecodingError):
+        kind = ErrorKind.INVALID_RESPONSE
+    elif isinstance(exc, httpx2.TransportError | OSError):
         # Connect, read and write errors, protocol errors, resets and broken pipes: the server
         # may never have seen the request, or died answering it. Both are worth another try.
-        return ErrorInfo(ErrorKind.CONNECTION, f"{name}: {detail}", retryable=True)
-    raise TypeError(f"not a transport exception: {exc!r}") from exc
-
-
-def parse_retry_after(headers: Mapping[str, str], *, now: datetime | None = None) -> float | None:
-    """Return the server's requested wait in seconds, or None when it gave no usable hint.
-
-    Reads ``retry-after-ms`` (OpenAI, milliseconds) first, then ``Retry-After`` as seconds or as
-    an HTTP date. Negative, NaN, infinite and unparseable values are ignored (an unusable
-    ``retry-after-ms`` falls back to ``Retry-After``). A date in the past means 0. Long hints
-    are returned as they are: the client honours a hint only up to
-    :attr:`RetryPolicy.max_retry_after` and the request's deadline, and fails the request at
-    once, as ``rate_limited``, when the hint is longer.
-
-    Args:
-        headers: The response headers (case-insensitive mapping).
-        now: The current wall-clock time, for HTTP-date hints; defaults to now.
-    """
-    ms = headers.get("retry-after-ms")
-    if ms is not None:
-        value = _finite_non_negative(ms)
-        if value is not None:
-            return value / 1000.0
-    raw = headers.get("retry-after")
-    if raw is None:
-        return None
-    value = _finite_non_negative(raw)
-    if value is not None:
-        return value
-    try:
-        when = email.utils.parsedate_to_datetime(raw.strip())
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    now = now or datetime.now(UTC)
-    return max((when - now).total_seconds(), 0.0)
-
-
-def _finite_non_negative(text: str) -> float | None:
-    try:
-        value = float(text.strip())
-    except (ValueError, AttributeError):
-        return None
-    if not math.isfinite(value) or value < 0:
-        return None
-    return value
-
-
-def should_retry_override(headers: Mapping[str, str]) -> bool | None:
-    """Return the server's ``x-should-retry`` verdict, or None when it gave none.
-
-    Args:
-        headers: The response headers.
-    """
-    value = headers.get("x-should-retry")
-    if value is None:
-        return None
-    value = value.strip().lower()
-    if value == "true":
-        return True
-    if value == "false":
-        return False
-    return None
+        kind = ErrorKind.CONNECTION
+    else:
+        raise TypeError(f"not a transport exception: {exc!r}") from exc
+    return ErrorInfo(kind, f"{name}: {detail}", retryable=default_retryable(kind))

@@ -10,9 +10,15 @@ import attrs
 import httpx2
 
 from .._errors import InvalidRequestError
-from .._flow.ratelimit import RateLimitHeaders, is_quota_exhausted, parse_rate_limit_headers
-from .._flow.retry import should_retry_override
-from .._models import ChatRequest, Completion, ErrorInfo, ErrorKind, Message, Usage
+from .._models import (
+    ChatRequest,
+    Completion,
+    ErrorInfo,
+    ErrorKind,
+    Message,
+    RateLimitHeaders,
+    Usage,
+)
 from .._secret import Secret
 from .._version import __version__
 from ._base import (
@@ -36,6 +42,7 @@ from ._base import (
     token_count,
     try_json,
 )
+from ._headers import is_quota_exhausted, parse_rate_limit_headers, should_retry_override
 
 __all__ = ["Anthropic"]
 

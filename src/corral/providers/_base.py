@@ -22,17 +22,17 @@ from typing import Any, Final, Protocol, runtime_checkable
 import httpx2
 
 from .._errors import ConfigurationError, InvalidRequestError
-from .._flow.ratelimit import RateLimitHeaders
-from .._flow.retry import classify_status, parse_retry_after, should_retry_override
 from .._models import (
     ChatRequest,
     Completion,
     EmbeddingRequest,
     EmbeddingResult,
     ErrorInfo,
+    RateLimitHeaders,
 )
 from .._secret import Secret
 from .._transport.httpx_internals import json_post
+from ._headers import classify_status, parse_retry_after, should_retry_override
 
 __all__ = [
     "EmbeddingProvider",

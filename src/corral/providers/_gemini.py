@@ -13,8 +13,6 @@ import attrs
 import httpx2
 
 from .._errors import InvalidRequestError
-from .._flow.ratelimit import parse_duration
-from .._flow.retry import classify_status, parse_retry_after, should_retry_override
 from .._models import (
     ChatRequest,
     Completion,
@@ -48,6 +46,13 @@ from ._base import (
     split_data_url,
     token_count,
     try_json,
+)
+from ._headers import (
+    classify_status,
+    gemini_quota_verdict,
+    gemini_retry_delay,
+    parse_retry_after,
+    should_retry_override,
 )
 
 __all__ = ["Gemini"]
@@ -517,43 +522,6 @@ def _finish_reason(reason: Any, parts: Iterable[Any]) -> str | None:
     return _FINISH_REASONS.get(text, text.lower())
 
 
-def _retry_delay(details: Any) -> float | None:
-    if not isinstance(details, list):
-        return None
-    for detail in details:
-        if not isinstance(detail, dict):
-            continue
-        if not str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
-            continue
-        delay = detail.get("retryDelay")
-        if isinstance(delay, str):
-            return parse_duration(delay)
-        if isinstance(delay, dict):
-            try:
-                value = float(delay.get("seconds") or 0) + float(delay.get("nanos") or 0) / 1e9
-            except (TypeError, ValueError, OverflowError):
-                return None
-            # Like Retry-After: negative, NaN and infinite hints are no hint at all.
-            return value if math.isfinite(value) and value >= 0 else None
-    return None
-
-
-def _is_daily_quota(details: Any) -> bool:
-    if not isinstance(details, list):
-        return False
-    for detail in details:
-        if not isinstance(detail, dict):
-            continue
-        if str(detail.get("@type", "")).endswith("google.rpc.QuotaFailure"):
-            for violation in detail.get("violations") or ():
-                if (
-                    isinstance(violation, dict)
-                    and "perday" in str(violation.get("quotaId", "")).lower()
-                ):
-                    return True
-    return False
-
-
 def _has_reason(details: Any, reason: str) -> bool:
     return isinstance(details, list) and any(
         isinstance(d, dict) and d.get("reason") == reason for d in details
@@ -572,9 +540,9 @@ def _error_from_object(err: dict[str, Any], status: int | None, headers: Any) ->
         kind, retryable = ErrorKind.AUTHENTICATION, False
     elif kind is ErrorKind.BAD_REQUEST and "token" in lowered and "exceed" in lowered:
         kind = ErrorKind.CONTEXT_LENGTH
-    elif kind is ErrorKind.RATE_LIMITED and _is_daily_quota(details):
+    elif kind is ErrorKind.RATE_LIMITED and gemini_quota_verdict(details):
         kind, retryable = ErrorKind.QUOTA_EXHAUSTED, False
-    retry_after = _retry_delay(details)
+    retry_after = gemini_retry_delay(details)
     if retry_after is None and headers:
         retry_after = parse_retry_after(headers)
     return ErrorInfo(

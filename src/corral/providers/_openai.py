@@ -10,7 +10,6 @@ from typing import Any, Final
 
 import httpx2
 
-from .._flow.ratelimit import RateLimitHeaders, parse_rate_limit_headers
 from .._models import (
     ChatRequest,
     Completion,
@@ -18,6 +17,7 @@ from .._models import (
     EmbeddingResult,
     ErrorInfo,
     ErrorKind,
+    RateLimitHeaders,
     Usage,
 )
 from .._secret import Secret
@@ -44,6 +44,7 @@ from ._base import (
     token_count,
     try_json,
 )
+from ._headers import parse_rate_limit_headers
 
 __all__ = ["OpenAI"]
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from corral._flow.ratelimit import (
-    LimitInfo,
+from corral import LimitInfo
+from corral.providers._headers import (
     is_quota_exhausted,
     parse_duration,
     parse_rate_limit_headers,
