@@ -85,7 +85,7 @@ def _non_negative_seconds(text: str) -> float:
 
 
 def _latency(text: str) -> float | tuple[float, float]:
-    from .testing._serve import parse_latency
+    from .testing import parse_latency
 
     try:
         return parse_latency(text)
@@ -94,7 +94,7 @@ def _latency(text: str) -> float | tuple[float, float]:
 
 
 def _error_rates(text: str) -> Any:
-    from .testing._serve import parse_error_rates
+    from .testing import parse_error_rates
 
     try:
         return parse_error_rates(text)
@@ -336,8 +336,7 @@ async def _open_client(args: argparse.Namespace, stack: AsyncExitStack) -> Clien
     if args.mock:
         if args.base_url:
             raise _UsageError("--mock answers in-process: drop --base-url, or drop --mock")
-        from .testing._mock.config import MockConfig
-        from .testing._mock.server import MockServer
+        from .testing import MockConfig, MockServer
 
         server = MockServer(MockConfig(record_hits=False))
         http_client = await stack.enter_async_context(
@@ -656,9 +655,7 @@ def _report_failure(failure: BaseException, job: JsonlJob, output: _Output) -> i
 
 
 async def _serve_mock(args: argparse.Namespace, output: _Output) -> int:
-    from .testing._mock.config import MockConfig
-    from .testing._mock.server import MockServer
-    from .testing._serve import serve
+    from .testing import MockConfig, MockServer, serve
 
     config = MockConfig(
         latency=args.latency,

@@ -32,19 +32,7 @@ from .._errors import default_retryable
 from .._models import ErrorKind, LimitInfo, RateLimitHeaders
 from .._transport.httpx_internals import header_fields
 
-__all__ = [
-    "classify_status",
-    "gemini_quota_verdict",
-    "gemini_retry_delay",
-    "is_quota_exhausted",
-    "parse_duration",
-    "parse_http_date",
-    "parse_number",
-    "parse_rate_limit_headers",
-    "parse_retry_after",
-    "read_rate_limits",
-    "should_retry_override",
-]
+# No __all__: nothing here is public; adapters and the client import what they use.
 
 # Hostile or broken headers are clamped to these, never trusted blindly.
 _MAX_LIMIT: Final = 1e12
