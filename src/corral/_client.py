@@ -16,7 +16,13 @@ import attrs
 import httpx2
 import stamina
 
-from ._errors import ConfigurationError, InvalidRequestError, check_number, exception_for
+from ._errors import (
+    ConfigurationError,
+    ConfigurationTypeError,
+    InvalidRequestError,
+    check_number,
+    exception_for,
+)
 from ._flow.adaptive import (
     AdaptiveConcurrency,
     AdaptiveLimiter,
@@ -311,7 +317,7 @@ class Client:
         transport: Literal["fast", "httpx"] | None = None,
     ) -> None:
         if not isinstance(provider, Provider):
-            raise ConfigurationError(
+            raise ConfigurationTypeError(
                 f"provider must be a corral provider adapter (such as corral.providers.OpenAI), "
                 f"got {type(provider).__name__}"
             )
@@ -321,11 +327,12 @@ class Client:
             max_concurrency = self._adaptive_policy.max_concurrency
         elif adaptive is not None:
             raise ConfigurationError('adaptive= needs max_concurrency="auto"')
-        if (
-            isinstance(max_concurrency, bool)
-            or not isinstance(max_concurrency, int)
-            or (max_concurrency < 1)
-        ):
+        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int | str):
+            raise ConfigurationTypeError(
+                f'max_concurrency must be an integer >= 1 or "auto", '
+                f"got {type(max_concurrency).__name__}"
+            )
+        if isinstance(max_concurrency, str) or max_concurrency < 1:
             raise ConfigurationError(
                 f'max_concurrency must be an integer >= 1 or "auto", got {max_concurrency!r}'
             )
@@ -338,7 +345,7 @@ class Client:
             ("adaptive", adaptive, AdaptiveConcurrency),
         ):
             if value is not None and not isinstance(value, cls):
-                raise ConfigurationError(
+                raise ConfigurationTypeError(
                     f"{name} must be a corral.{cls.__name__}, got {type(value).__name__}"
                 )
         self._rate_policy = rate_limit if rate_limit is not None else RateLimit()
@@ -358,7 +365,7 @@ class Client:
         self._adaptive: AdaptiveLimiter | None = None
         check_number(request_timeout, "request_timeout", minimum=0, above=True)
         if http_client is not None and not isinstance(http_client, httpx2.AsyncClient):
-            raise ConfigurationError(
+            raise ConfigurationTypeError(
                 f"http_client must be an httpx2.AsyncClient, got {type(http_client).__name__}"
             )
         self._provider = provider
@@ -380,6 +387,10 @@ class Client:
             "write": None,
             "pool": self._request_timeout,
         }
+        if transport is not None and not isinstance(transport, str):
+            raise ConfigurationTypeError(
+                f'transport must be "fast", "httpx" or None, got {type(transport).__name__}'
+            )
         if transport not in (None, "fast", "httpx"):
             raise ConfigurationError(f'transport must be "fast" or "httpx", got {transport!r}')
         if transport is not None and http_client is not None:

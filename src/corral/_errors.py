@@ -9,6 +9,7 @@ The tree::
 
     CorralError
     ├── ConfigurationError (also ValueError)        bad arguments, missing key, bad policy
+    │   └── ConfigurationTypeError (also TypeError) an argument of the wrong type
     ├── InvalidRequestError (also ValueError)       a request corral refuses to send
     ├── InvalidInputError (also ValueError)         bad JSONL input, with line numbers
     ├── JobError                                    a JSONL job cannot start or continue
@@ -34,6 +35,19 @@ The tree::
 
 Cancellation is never turned into any of these: it propagates as the backend's own cancellation
 exception. Bugs propagate unchanged.
+
+Every :class:`ErrorKind` has one row in :data:`KIND_POLICIES`: whether it is retried, whether it
+counts for the circuit breaker, whether it signals overload to adaptive concurrency, and the
+exception above that :meth:`corral.Client.complete` raises for it.
+
+The rule for argument errors, in every public constructor and function: an argument of the
+wrong *type* raises :class:`ConfigurationTypeError` (a ``TypeError``); an argument of the right
+type with a wrong *value* raises :class:`ConfigurationError` (a ``ValueError``). Both are
+``ConfigurationError``, so one ``except`` catches every bad argument. The message names the
+argument as the user wrote it (``RetryPolicy.attempts``), says what is accepted, and shows what
+was received: the value for a wrong value, only the type for a wrong type (so that a key passed
+in the wrong place is never echoed; arguments that may hold a key, such as URLs and headers,
+never show their value). :func:`check_number` and :func:`check_type` build these messages.
 """
 
 from __future__ import annotations
@@ -75,6 +89,10 @@ class CorralError(Exception):
 
 class ConfigurationError(CorralError, ValueError):
     """An argument or policy is invalid, or a required setting (such as an API key) is missing."""
+
+
+class ConfigurationTypeError(ConfigurationError, TypeError):
+    """An argument has the wrong type (see the rule for argument errors above)."""
 
 
 class InvalidRequestError(CorralError, ValueError):
@@ -252,10 +270,11 @@ def check_number(
     integer: bool = False,
     optional: bool = False,
 ) -> None:
-    """Raise :class:`ConfigurationError`, naming *name*, unless *value* is a usable number.
+    """Raise a :class:`ConfigurationError`, naming *name*, unless *value* is a usable number.
 
     Usable means a real number (never a bool), finite and within a float's range (so that
-    arithmetic with the clock cannot overflow), and within the bounds.
+    arithmetic with the clock cannot overflow), and within the bounds. Another type (a bool, a
+    float where an integer is needed) raises :class:`ConfigurationTypeError`.
 
     Args:
         value: The value given.
@@ -270,9 +289,10 @@ def check_number(
         return
     if isinstance(value, bool) or not isinstance(value, int | float):
         kind = "an integer" if integer else "a number"
-        raise ConfigurationError(f"{name} must be {kind}, got {value!r:.100}")
+        accepted = f"{kind} or None" if optional else kind
+        raise ConfigurationTypeError(f"{name} must be {accepted}, got {type(value).__name__}")
     if integer and not isinstance(value, int):
-        raise ConfigurationError(f"{name} must be an integer, got {value!r}")
+        raise ConfigurationTypeError(f"{name} must be an integer, got float {value!r}")
     try:
         finite = math.isfinite(value)
     except OverflowError:
@@ -287,7 +307,7 @@ def check_number(
 
 
 def check_type(value: object, name: str, expected: type | tuple[type, ...], what: str) -> None:
-    """Raise :class:`ConfigurationError`, naming *name*, unless *value* is an *expected*.
+    """Raise :class:`ConfigurationTypeError`, naming *name*, unless *value* is an *expected*.
 
     Args:
         value: The value given.
@@ -296,7 +316,7 @@ def check_type(value: object, name: str, expected: type | tuple[type, ...], what
         what: The accepted types in words, for the message (``"a string"``).
     """
     if not isinstance(value, expected):
-        raise ConfigurationError(f"{name} must be {what}, got {type(value).__name__}")
+        raise ConfigurationTypeError(f"{name} must be {what}, got {type(value).__name__}")
 
 
 class JobError(CorralError):

@@ -11,7 +11,7 @@ from typing import Any, Literal, TypeAlias
 
 import attrs
 
-from ._errors import ErrorKind
+from ._errors import ConfigurationError, ConfigurationTypeError, ErrorKind
 
 __all__ = [
     "AnyRequest",
@@ -46,15 +46,25 @@ def _new_id() -> str:
 def _token_count(inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if type(value) is int and value >= 0:  # the common case, checked first: every answer has five
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"Usage.{attribute.name} must be an integer >= 0, got {value!r:.100}")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationTypeError(
+            f"Usage.{attribute.name} must be an integer >= 0, got {type(value).__name__}"
+        )
+    if value < 0:
+        raise ConfigurationError(f"Usage.{attribute.name} must be an integer >= 0, got {value!r}")
 
 
 def _string_keyed(owner: str, name: str, value: Any) -> None:
     if type(value) is dict and not value:  # the common case, checked first: nothing extra
         return
-    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise TypeError(f"{owner}.{name} must be a dict with string keys, got {value!r:.100}")
+    if not isinstance(value, dict):
+        raise ConfigurationTypeError(
+            f"{owner}.{name} must be a dict with string keys, got {type(value).__name__}"
+        )
+    if not all(isinstance(k, str) for k in value):
+        raise ConfigurationTypeError(
+            f"{owner}.{name} must be a dict with string keys, got {value!r:.100}"
+        )
 
 
 def _check_extra(inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -81,22 +91,28 @@ class Message:
 
     @role.validator
     def _check_role(self, attribute: attrs.Attribute[str], value: str) -> None:
-        if not isinstance(value, str) or value not in ROLES:
-            raise ValueError(f"Message.role must be one of {sorted(ROLES)}, got {value!r:.100}")
+        if not isinstance(value, str):
+            raise ConfigurationTypeError(
+                f"Message.role must be one of {sorted(ROLES)}, got {type(value).__name__}"
+            )
+        if value not in ROLES:
+            raise ConfigurationError(
+                f"Message.role must be one of {sorted(ROLES)}, got {value!r:.100}"
+            )
 
     @content.validator
     def _check_content(self, attribute: attrs.Attribute[Any], value: Any) -> None:
         if isinstance(value, str):
             return
         if not isinstance(value, list):
-            raise TypeError(
+            raise ConfigurationTypeError(
                 f"Message.content must be a string or a list of content parts, "
                 f"got {type(value).__name__}"
             )
         for part in value:
             # Adapters read parts with .get(): anything but a string-keyed object is an error.
             if not isinstance(part, dict) or not all(isinstance(k, str) for k in part):
-                raise TypeError(
+                raise ConfigurationTypeError(
                     f"Message.content parts must be objects such as "
                     f'{{"type": "text", "text": ...}}, got {part!r:.100}'
                 )
@@ -104,7 +120,9 @@ class Message:
     @name.validator
     def _check_name(self, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value is not None and not isinstance(value, str):
-            raise TypeError(f"Message.name must be a string or None, got {type(value).__name__}")
+            raise ConfigurationTypeError(
+                f"Message.name must be a string or None, got {type(value).__name__}"
+            )
 
     @extra.validator
     def _check_extra(self, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -126,9 +144,11 @@ class Message:
         """
         # type() first: the ABC check costs more than the rest of a plain dict's conversion.
         if type(data) is not dict and not isinstance(data, Mapping):
-            raise TypeError(f"a message must be a Message or a mapping, got {type(data).__name__}")
+            raise ConfigurationTypeError(
+                f"a message must be a Message or a mapping, got {type(data).__name__}"
+            )
         if "role" not in data:
-            raise ValueError("a message mapping needs a 'role' key")
+            raise ConfigurationError("a message mapping needs a 'role' key")
         content = data.get("content")
         if content is None:
             content = ""
@@ -145,8 +165,8 @@ def _to_messages(value: Iterable[Message | Mapping[str, Any]]) -> tuple[Message,
     if (kind is not list and kind is not tuple) and (
         isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable)
     ):
-        raise TypeError(
-            f"messages must be a sequence of Message objects or mappings, "
+        raise ConfigurationTypeError(
+            f"ChatRequest.messages must be a sequence of Message objects or mappings, "
             f"got {type(value).__name__}"
         )
     try:
@@ -158,25 +178,35 @@ def _to_messages(value: Iterable[Message | Mapping[str, Any]]) -> tuple[Message,
 def _check_max_tokens(inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"max_tokens must be a positive integer, got {value!r:.100}")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationTypeError(
+            f"ChatRequest.max_tokens must be a positive integer or None, got {type(value).__name__}"
+        )
+    if value < 1:
+        raise ConfigurationError(
+            f"ChatRequest.max_tokens must be a positive integer, got {value!r}"
+        )
 
 
 def _check_id(inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"id must be a non-empty string, got {value!r:.100}")
+    if not isinstance(value, str):
+        raise ConfigurationTypeError(
+            f"{type(inst).__name__}.id must be a non-empty string, got {type(value).__name__}"
+        )
+    if not value:
+        raise ConfigurationError(f"{type(inst).__name__}.id must be a non-empty string, got ''")
 
 
 def _sampling(low: float, high: float) -> Any:
     def check(inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value is None:
             return
-        ok = not isinstance(value, bool) and isinstance(value, int | float)
+        accepted = f"ChatRequest.{attribute.name} must be a number from {low:g} to {high:g}"
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigurationTypeError(f"{accepted} or None, got {type(value).__name__}")
         # NaN compares false both ways; json.dumps would send it as the invalid token NaN.
-        if not ok or not low <= value <= high:
-            raise ValueError(
-                f"{attribute.name} must be a number from {low:g} to {high:g}, got {value!r:.100}"
-            )
+        if not low <= value <= high:
+            raise ConfigurationError(f"{accepted}, got {value!r:.100}")
 
     return check
 
@@ -187,11 +217,15 @@ def _to_stop(value: str | Iterable[str] | None) -> tuple[str, ...] | None:
     if isinstance(value, str):
         return (value,)
     if isinstance(value, bytes | Mapping) or not isinstance(value, Iterable):
-        raise TypeError(f"stop must be a string or a list of strings, got {type(value).__name__}")
+        raise ConfigurationTypeError(
+            f"ChatRequest.stop must be a string or a list of strings, got {type(value).__name__}"
+        )
     stop = tuple(value)
     for item in stop:
         if not isinstance(item, str):
-            raise TypeError(f"stop sequences must be strings, got {type(item).__name__}")
+            raise ConfigurationTypeError(
+                f"ChatRequest.stop sequences must be strings, got {type(item).__name__}"
+            )
     return stop
 
 
@@ -235,13 +269,20 @@ class ChatRequest:
 
     @model.validator
     def _check_model(self, attribute: attrs.Attribute[str], value: str) -> None:
-        if not isinstance(value, str) or not value:
-            raise ValueError(f"model must be a non-empty string, got {value!r}")
+        if not isinstance(value, str):
+            raise ConfigurationTypeError(
+                f"{type(self).__name__}.model must be a non-empty string, "
+                f"got {type(value).__name__}"
+            )
+        if not value:
+            raise ConfigurationError(
+                f"{type(self).__name__}.model must be a non-empty string, got ''"
+            )
 
     @messages.validator
     def _check_messages(self, attribute: attrs.Attribute[Any], value: tuple[Message, ...]) -> None:
         if not value:
-            raise ValueError("messages must not be empty")
+            raise ConfigurationError("ChatRequest.messages must not be empty")
 
     @classmethod
     def from_openai(cls, body: Mapping[str, Any], *, id: str | None = None) -> ChatRequest:
@@ -255,11 +296,11 @@ class ChatRequest:
             id: The request's id; generated when not given.
         """
         if not isinstance(body, Mapping):
-            raise TypeError(f"body must be a JSON object, got {type(body).__name__}")
+            raise ConfigurationTypeError(f"body must be a JSON object, got {type(body).__name__}")
         if "model" not in body:
-            raise ValueError("body has no 'model'")
+            raise ConfigurationError("body has no 'model'")
         if "messages" not in body:
-            raise ValueError("body has no 'messages'")
+            raise ConfigurationError("body has no 'messages'")
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
         extra = {k: v for k, v in body.items() if k not in _OPENAI_MODELLED}
         kwargs: dict[str, Any] = {}
@@ -286,8 +327,9 @@ def _to_input(value: str | Iterable[str]) -> str | tuple[str, ...]:
     if isinstance(value, str):
         return value
     if isinstance(value, bytes | Mapping) or not isinstance(value, Iterable):
-        raise TypeError(
-            f"input must be a string or a sequence of strings, got {type(value).__name__}"
+        raise ConfigurationTypeError(
+            f"EmbeddingRequest.input must be a string or a sequence of strings, "
+            f"got {type(value).__name__}"
         )
     return tuple(value)
 
@@ -295,8 +337,15 @@ def _to_input(value: str | Iterable[str]) -> str | tuple[str, ...]:
 def _check_dimensions(inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"dimensions must be a positive integer, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationTypeError(
+            f"EmbeddingRequest.dimensions must be a positive integer or None, "
+            f"got {type(value).__name__}"
+        )
+    if value < 1:
+        raise ConfigurationError(
+            f"EmbeddingRequest.dimensions must be a positive integer, got {value!r}"
+        )
 
 
 @attrs.frozen
@@ -320,18 +369,28 @@ class EmbeddingRequest:
 
     @model.validator
     def _check_model(self, attribute: attrs.Attribute[str], value: str) -> None:
-        if not isinstance(value, str) or not value:
-            raise ValueError(f"model must be a non-empty string, got {value!r}")
+        if not isinstance(value, str):
+            raise ConfigurationTypeError(
+                f"{type(self).__name__}.model must be a non-empty string, "
+                f"got {type(value).__name__}"
+            )
+        if not value:
+            raise ConfigurationError(
+                f"{type(self).__name__}.model must be a non-empty string, got ''"
+            )
 
     @input.validator
     def _check_input(self, attribute: attrs.Attribute[Any], value: Any) -> None:
         if isinstance(value, str):
             return
         if not value:
-            raise ValueError("input must not be an empty sequence")
+            raise ConfigurationError("EmbeddingRequest.input must not be an empty sequence")
         for text in value:
             if not isinstance(text, str):
-                raise TypeError(f"every input must be a string, got {type(text).__name__}")
+                raise ConfigurationTypeError(
+                    f"EmbeddingRequest.input: every text must be a string, "
+                    f"got {type(text).__name__}"
+                )
 
     @property
     def texts(self) -> list[str]:
@@ -349,11 +408,11 @@ class EmbeddingRequest:
             id: The request's id; generated when not given.
         """
         if not isinstance(body, Mapping):
-            raise TypeError(f"body must be a JSON object, got {type(body).__name__}")
+            raise ConfigurationTypeError(f"body must be a JSON object, got {type(body).__name__}")
         if "model" not in body:
-            raise ValueError("body has no 'model'")
+            raise ConfigurationError("body has no 'model'")
         if "input" not in body:
-            raise ValueError("body has no 'input'")
+            raise ConfigurationError("body has no 'input'")
         extra = {k: v for k, v in body.items() if k not in ("model", "input", "dimensions")}
         kwargs: dict[str, Any] = {}
         if id is not None:
@@ -412,19 +471,28 @@ def _check_status(inst: object, attribute: attrs.Attribute[Any], value: Any) -> 
     if value is None:
         return
     # Up to 999: any three-digit status a server can put on the wire, however odd.
-    if isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 999:
-        raise ValueError(f"ErrorInfo.status_code must be an HTTP status, got {value!r:.100}")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationTypeError(
+            f"ErrorInfo.status_code must be an HTTP status or None, got {type(value).__name__}"
+        )
+    if not 100 <= value <= 999:
+        raise ConfigurationError(f"ErrorInfo.status_code must be an HTTP status, got {value!r}")
 
 
 def _check_retry_after(inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is None:
         return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationTypeError(
+            f"ErrorInfo.retry_after_s must be a finite number >= 0 or None, "
+            f"got {type(value).__name__}"
+        )
     try:
-        ok = not isinstance(value, bool) and math.isfinite(value) and value >= 0
-    except (TypeError, OverflowError):
+        ok = math.isfinite(value) and value >= 0
+    except OverflowError:
         ok = False
     if not ok:
-        raise ValueError(
+        raise ConfigurationError(
             f"ErrorInfo.retry_after_s must be a finite number >= 0 or None, got {value!r:.100}"
         )
 

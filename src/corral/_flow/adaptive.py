@@ -101,13 +101,9 @@ class AdaptiveConcurrency:
                 f"AdaptiveConcurrency.min_concurrency ({self.min_concurrency}) must not exceed"
                 f" max_concurrency ({self.max_concurrency})"
             )
-        initial = self.initial
-        if initial is not None and (
-            isinstance(initial, bool) or not isinstance(initial, int) or initial < 1
-        ):
-            raise ConfigurationError(
-                f"AdaptiveConcurrency.initial must be an integer >= 1, got {initial!r}"
-            )
+        check_number(
+            self.initial, "AdaptiveConcurrency.initial", minimum=1, integer=True, optional=True
+        )
 
     @property
     def start(self) -> int:

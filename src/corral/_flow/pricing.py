@@ -29,7 +29,7 @@ from typing import Any, Final
 
 import attrs
 
-from .._errors import ConfigurationError, check_number, check_type
+from .._errors import ConfigurationError, ConfigurationTypeError, check_number, check_type
 from .._models import Usage
 
 __all__ = ["CostBreakdown", "LongContextPrice", "ModelPrice", "Pricing"]
@@ -102,7 +102,9 @@ def _to_long_context(value: LongContextPrice | Mapping[str, Any] | None) -> Long
             return LongContextPrice(**value)
         except TypeError as exc:
             raise ConfigurationError(f"bad long_context price {dict(value)!r}: {exc}") from exc
-    raise ConfigurationError(f"long_context must be a mapping, got {value!r}")
+    raise ConfigurationTypeError(
+        f"long_context must be a LongContextPrice, a mapping or None, got {type(value).__name__}"
+    )
 
 
 @attrs.frozen
@@ -139,7 +141,9 @@ class ModelPrice:
             ConfigurationError: If a field is missing, unknown or not a valid price.
         """
         if not isinstance(data, Mapping):
-            raise ConfigurationError(f"a model price must be a mapping, got {data!r}")
+            raise ConfigurationTypeError(
+                f"a model price must be a mapping, got {type(data).__name__}"
+            )
         try:
             return cls(**data)
         except TypeError as exc:
@@ -232,22 +236,26 @@ def _candidates(model: str) -> Iterator[str]:
 
 def _coerce_models(models: Mapping[str, ModelPrice | Mapping[str, Any]]) -> dict[str, ModelPrice]:
     if not isinstance(models, Mapping):
-        raise ConfigurationError(
+        raise ConfigurationTypeError(
             f"Pricing.models must be a mapping of model names to prices, got "
             f"{type(models).__name__}"
         )
     coerced: dict[str, ModelPrice] = {}
     for name, price in models.items():
-        if not isinstance(name, str) or not name:
+        if not isinstance(name, str):
+            raise ConfigurationTypeError(
+                f"Pricing.models: model names must be non-empty strings, got {type(name).__name__}"
+            )
+        if not name:
             raise ConfigurationError(
-                f"Pricing.models: model names must be non-empty strings, got {name!r}"
+                "Pricing.models: model names must be non-empty strings, got ''"
             )
         try:
             coerced[name] = (
                 price if isinstance(price, ModelPrice) else ModelPrice.from_mapping(price)
             )
         except ConfigurationError as exc:
-            raise ConfigurationError(f"Pricing.models[{name!r}]: {exc}") from exc
+            raise type(exc)(f"Pricing.models[{name!r}]: {exc}") from exc
     return coerced
 
 
@@ -255,13 +263,13 @@ def _coerce_fallback(value: ModelPrice | Mapping[str, Any] | None) -> ModelPrice
     if value is None or isinstance(value, ModelPrice):
         return value
     if not isinstance(value, Mapping):
-        raise ConfigurationError(
+        raise ConfigurationTypeError(
             f"Pricing.fallback must be a ModelPrice, a mapping or None, got {type(value).__name__}"
         )
     try:
         return ModelPrice.from_mapping(value)
     except ConfigurationError as exc:
-        raise ConfigurationError(f"Pricing.fallback: {exc}") from exc
+        raise type(exc)(f"Pricing.fallback: {exc}") from exc
 
 
 def _compiled(inst: object, attribute: attrs.Attribute[Any], value: object) -> None:

@@ -42,7 +42,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from .._errors import ConfigurationError, check_number
+from .._errors import ConfigurationError, ConfigurationTypeError, check_number, check_type
 from .._models import LimitInfo, RateLimitHeaders
 
 __all__ = ["RateLimit", "RateLimiterStatistics"]
@@ -83,15 +83,14 @@ def _check_burst(inst: object, attribute: attrs.Attribute[float], value: float) 
 
 
 def _check_flag(inst: object, attribute: attrs.Attribute[bool], value: object) -> None:
-    if not isinstance(value, bool):
-        raise ConfigurationError(f"RateLimit.{attribute.name} must be True or False, got {value!r}")
+    check_type(value, f"RateLimit.{attribute.name}", bool, "True or False")
 
 
 def _check_counter(inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None and not callable(value):
-        raise ConfigurationError(
+        raise ConfigurationTypeError(
             f"RateLimit.token_counter must be a function of the prompt text or None, "
-            f"got {value!r:.100}"
+            f"got {type(value).__name__}"
         )
 
 

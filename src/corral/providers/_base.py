@@ -21,7 +21,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 
 import httpx2
 
-from .._errors import ConfigurationError, InvalidRequestError
+from .._errors import ConfigurationError, ConfigurationTypeError, InvalidRequestError
 from .._models import (
     ChatRequest,
     Completion,
@@ -219,7 +219,9 @@ def check_base_url(url: str, provider: str) -> str:
         provider: The provider's display name, for the error message.
     """
     if not isinstance(url, str):
-        raise ConfigurationError(f"{provider} base_url must be a string")
+        raise ConfigurationTypeError(
+            f"{provider} base_url must be a string, got {type(url).__name__}"
+        )
     try:
         parsed = httpx2.URL(url)
     except httpx2.InvalidURL:
@@ -253,12 +255,12 @@ def check_options(provider: str, **options: tuple[object, bool]) -> None:
     for name, (value, optional) in options.items():
         if optional and (value is None or isinstance(value, str)):
             continue
-        if not isinstance(value, str) or not value:
-            raise ConfigurationError(
-                f"{provider} {name} must be a non-empty string, got {value!r:.40}"
-                if isinstance(value, str)
-                else f"{provider} {name} must be a string, got {type(value).__name__}"
+        if not isinstance(value, str):
+            raise ConfigurationTypeError(
+                f"{provider} {name} must be a string, got {type(value).__name__}"
             )
+        if not value:
+            raise ConfigurationError(f"{provider} {name} must be a non-empty string, got ''")
 
 
 def check_headers(headers: object, provider: str) -> None:
@@ -275,7 +277,10 @@ def check_headers(headers: object, provider: str) -> None:
     if not isinstance(headers, Mapping) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
     ):
-        raise ConfigurationError(f"{provider} headers must be a dict of strings to strings")
+        raise ConfigurationTypeError(
+            f"{provider} headers must be a dict of strings to strings"
+            + ("" if isinstance(headers, Mapping) else f", got {type(headers).__name__}")
+        )
 
 
 def check_api_key(api_key: object, provider: str) -> None:
@@ -286,7 +291,7 @@ def check_api_key(api_key: object, provider: str) -> None:
         provider: The provider's display name, for the message.
     """
     if api_key is not None and not isinstance(api_key, str | Secret):
-        raise ConfigurationError(
+        raise ConfigurationTypeError(
             f"{provider} api_key must be a string or a corral.Secret, got {type(api_key).__name__}"
         )
 
