@@ -135,9 +135,9 @@ def test_a_wrong_value_raises_a_value_error(
 ) -> None:
     """A wrong value is a ConfigurationError (a ValueError, not a TypeError) naming both."""
     build, name, _, wrong_value, shown = case
-    with pytest.raises(ValueError) as caught:
+    with pytest.raises(ConfigurationError) as caught:
         build(**{name: wrong_value})
-    assert isinstance(caught.value, ConfigurationError)
+    assert isinstance(caught.value, ValueError)
     assert not isinstance(caught.value, TypeError)
     message = str(caught.value)
     assert name in message
