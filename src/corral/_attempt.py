@@ -243,21 +243,26 @@ class RequestPath:
 
     async def execute(self, request: AnyRequest) -> Result:
         """Run one request of a batch; return its result. Expected failures are values."""
-        return await self._execute(request, CHAT)
+        try:
+            prepared = self.prepare(request, CHAT)
+        except InvalidRequestError as exc:
+            return self._refused(request, exc)
+        return await self.run(prepared)
 
     async def execute_streamed(self, request: AnyRequest) -> Result:
         """Run one request of a batch as a stream (embeddings are never streamed)."""
-        return await self._execute(request, STREAM)
-
-    async def _execute(self, request: AnyRequest, mode: int) -> Result:
         try:
-            prepared = self.prepare(request, mode)
+            prepared = self.prepare(request, STREAM)
         except InvalidRequestError as exc:
-            self._tally.started += 1
-            self._tally.failed += 1
-            log.debug("request %s refused before sending: %s", request.id, exc)
-            return Failure(request.id, ErrorInfo(ErrorKind.BAD_REQUEST, str(exc)), 0, 0.0)
+            return self._refused(request, exc)
         return await self.run(prepared)
+
+    def _refused(self, request: AnyRequest, exc: InvalidRequestError) -> Failure:
+        """Count a request the provider cannot take as started and failed; return its Failure."""
+        self._tally.started += 1
+        self._tally.failed += 1
+        log.debug("request %s refused before sending: %s", request.id, exc)
+        return Failure(request.id, ErrorInfo(ErrorKind.BAD_REQUEST, str(exc)), 0, 0.0)
 
     # -- one request, from start to settlement ----------------------------------------------
 
@@ -327,7 +332,7 @@ class RequestPath:
         # corral's own transport ends a whole attempt at its limit itself (the request's
         # "deadline" extension), which spares a cancel scope per attempt; other transports, and
         # streams (bounded only until their first delta), run the attempt inside one.
-        if self._exchange.direct and state.prepared.mode not in _STREAMED:
+        if self._exchange.direct is not None and state.prepared.mode not in _STREAMED:
             state.extensions = state.prepared.http.extensions
         # `is not None`: an empty registry is falsy (it has a __len__) until its first circuit.
         if self._breakers is not None:
@@ -486,8 +491,25 @@ class RequestPath:
         self._tally.attempts += 1
         outcome: str | None = None  # the error kind's value; None for a success
         sent = True
+        # The attempt's limit: the deadline, or request_timeout when that comes first. A stream
+        # bounds only its wait for the first delta (in the exchange), never the reading of a
+        # long answer. Waiting to send, above, is bounded by the deadline alone.
+        deadline = state.deadline
+        streamed = prepared.mode in _STREAMED
+        limit = deadline if streamed else min(deadline, began + self._request_timeout)
+        extensions = state.extensions
         try:
-            value = await self.bounded(state, began)
+            if extensions is not None:
+                extensions["deadline"] = limit
+                try:
+                    value = await self._exchange.exchange(prepared, state.start)
+                except LimitReached as exc:
+                    raise self._timed_out(limit >= deadline) from exc
+            else:
+                with anyio.CancelScope(deadline=limit) as scope:
+                    value = await self._exchange.exchange(prepared, state.start)
+                if scope.cancelled_caught:
+                    raise self._timed_out(limit >= deadline)
         except AttemptFailed as exc:
             outcome = exc.info.kind.value
             self._after_refusal(permit, exc.info)
@@ -540,38 +562,6 @@ class RequestPath:
             return admission, permit
         # The deadline passed while waiting (the scope swallowed it after the release above).
         raise DeadlinePassed
-
-    async def bounded(self, state: RequestState, began: float) -> Value:
-        """Make the attempt's exchange within its limit: the deadline, or request_timeout.
-
-        A whole attempt runs under request_timeout; a stream bounds only its wait for the
-        first delta (in the exchange), never the reading of a long answer.
-        """
-        prepared = state.prepared
-        deadline = state.deadline
-        streamed = prepared.mode in _STREAMED
-        limit = deadline if streamed else min(deadline, began + self._request_timeout)
-        extensions = state.extensions
-        if extensions is not None:
-            extensions["deadline"] = limit
-            try:
-                return await self.exchange(state)
-            except LimitReached as exc:
-                raise self._timed_out(limit >= deadline) from exc
-        with anyio.CancelScope(deadline=limit):
-            return await self.exchange(state)
-        # The scope swallowed its own expiry: the attempt ran out of time.
-        raise self._timed_out(limit >= deadline)
-
-    async def exchange(self, state: RequestState) -> Value:
-        """Make the one exchange an attempt of the request is, by its mode."""
-        prepared = state.prepared
-        mode = prepared.mode
-        if mode == STREAM:
-            return await self._exchange.read_stream(prepared, state.start)
-        if mode == OPEN_STREAM:
-            return await self._exchange.open_stream(prepared, state.start)
-        return await self._exchange.exchange(prepared)
 
     def _timed_out(self, deadline_passed: bool) -> Exception:
         """Return what an attempt's expired limit means: the deadline, or a retryable timeout."""

@@ -138,12 +138,12 @@ class Exchange:
 
     __slots__ = (
         "_caps",
-        "_direct",
         "_http",
         "_rate",
         "_request_timeout",
         "_stream_timeouts",
         "_timeouts",
+        "direct",
     )
 
     def __init__(
@@ -156,7 +156,7 @@ class Exchange:
     ) -> None:
         self._caps = capabilities
         self._http = http
-        self._direct = direct
+        self.direct = direct
         self._rate = rate
         self._request_timeout = request_timeout
         # The whole attempt is bounded already (a cancel scope around it, or the "deadline"
@@ -175,13 +175,8 @@ class Exchange:
         )
 
     def __repr__(self) -> str:
-        stack = "direct" if self._direct is not None else "http_client"
+        stack = "direct" if self.direct is not None else "http_client"
         return f"<Exchange {self._caps.provider.name} {stack}>"
-
-    @property
-    def direct(self) -> bool:
-        """Whether attempts go straight to corral's own transport."""
-        return self._direct is not None
 
     async def send(self, http_request: httpx2.Request, *, stream: bool) -> httpx2.Response:
         """Send *http_request*; with ``stream=False``, read its body too.
@@ -190,7 +185,7 @@ class Exchange:
             http_request: The request.
             stream: Return once the headers arrived, with the body left to read.
         """
-        direct = self._direct
+        direct = self.direct
         if direct is None:
             # Even when the user's client follows redirects: credential headers other than
             # Authorization (x-api-key, x-goog-api-key) would travel to the new origin.
@@ -206,15 +201,25 @@ class Exchange:
                 raise
         return response
 
-    async def exchange(self, prepared: Prepared) -> Completion | EmbeddingResult:
-        """Make one whole (not streamed) attempt; raise :class:`AttemptFailed` on a failure.
+    async def exchange(
+        self, prepared: Prepared, start: float
+    ) -> Completion | EmbeddingResult | EventReader:
+        """Make one attempt's exchange; raise :class:`AttemptFailed` on an expected failure.
 
-        Raises :class:`LimitReached` when the transport ended the attempt at its "deadline"
-        extension (the caller knows which limit that was).
+        By the request's mode: a whole answer, sent, read and parsed here (the transport raises
+        :class:`LimitReached` when it ended the attempt at its "deadline" extension; the caller
+        knows which limit that was); a stream read to its end (:meth:`read_stream`); or a
+        stream opened up to its first delta (:meth:`open_stream`).
 
         Args:
-            prepared: The request, in mode :data:`CHAT` or :data:`EMBED`.
+            prepared: The request.
+            start: The request's start, for a stream's time to first token.
         """
+        mode = prepared.mode
+        if mode == STREAM:
+            return await self.read_stream(prepared, start)
+        if mode == OPEN_STREAM:
+            return await self.open_stream(prepared, start)
         http_request = prepared.http
         extensions = http_request.extensions
         bounded_here = "deadline" in extensions
