@@ -275,8 +275,8 @@ class Client:
         self._transport_choice = transport or "fast"
         self._http = http_client
         self._own_http = http_client is None
-        # What the provider can do, resolved once: a protocol check per request costs more
-        # than anything else corral does for it.
+        # What the provider can do, resolved once: one isinstance() against a runtime-checkable
+        # protocol makes 15 Python calls on 3.11, a fifth of what corral does for a request.
         self._caps = Capabilities(provider)
         self._tally = Tally()
         self._limiter: anyio.CapacityLimiter | None = None

@@ -1,6 +1,6 @@
 """Retry policy, error classification and server retry hints.
 
-The policy is executed by stamina (see :mod:`corral._client`); this module decides *what* is
+The policy is executed by stamina (see :mod:`corral._attempt`); this module decides *what* is
 retryable and *how long* the server asked us to wait.
 """
 
