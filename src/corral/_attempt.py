@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from typing import Final
+from typing import Final, NoReturn
 
 import anyio
 import attrs
@@ -503,13 +503,13 @@ class RequestPath:
                 extensions["deadline"] = limit
                 try:
                     value = await self._exchange.exchange(prepared, state.start)
-                except LimitReached as exc:
-                    raise self._timed_out(limit >= deadline) from exc
+                except LimitReached:
+                    self._timed_out(limit >= deadline)
             else:
                 with anyio.CancelScope(deadline=limit) as scope:
                     value = await self._exchange.exchange(prepared, state.start)
                 if scope.cancelled_caught:
-                    raise self._timed_out(limit >= deadline)
+                    self._timed_out(limit >= deadline)
         except AttemptFailed as exc:
             outcome = exc.info.kind.value
             self._after_refusal(permit, exc.info)
@@ -563,11 +563,11 @@ class RequestPath:
         # The deadline passed while waiting (the scope swallowed it after the release above).
         raise DeadlinePassed
 
-    def _timed_out(self, deadline_passed: bool) -> Exception:
-        """Return what an attempt's expired limit means: the deadline, or a retryable timeout."""
+    def _timed_out(self, deadline_passed: bool) -> NoReturn:
+        """Raise what an attempt's expired limit means: the deadline, or a retryable timeout."""
         if deadline_passed:
-            return DeadlinePassed()
-        return AttemptFailed(
+            raise DeadlinePassed
+        raise AttemptFailed(
             ErrorInfo(
                 ErrorKind.TIMEOUT,
                 f"attempt took longer than request_timeout={self._request_timeout:g}s",
