@@ -11,8 +11,10 @@ client < jobs < CLI.
 - ``_flow/``: rate limit, circuit breaker, budget, pricing, adaptive concurrency, retry policy.
 - ``providers/``: one pure adapter per API (public: ``corral.providers``), and ``_headers``,
   the one reader of rate-limit headers, retry hints and statuses.
-- ``_client`` / ``_runner`` / ``_streaming``: :class:`Client`, its acquire-then-spawn admission
-  loop, and streamed completions.
+- ``_client`` / ``_runner`` / ``_attempt`` / ``_exchange`` / ``_streaming``: a request's path, in
+  its order: :class:`Client` (public API and lifecycle), its acquire-then-spawn admission loop,
+  ``RequestPath`` (budget, then per attempt breaker and rate limiter, inside the retry loop),
+  one HTTP exchange and its parsing, and streamed completions.
 - ``jobs/``: durable, resumable JSONL jobs (public: ``corral.jobs``).
 - ``_cli``: the ``corral`` command.
 - ``testing/``: the mock server and test helpers (public: ``corral.testing``; never imported by

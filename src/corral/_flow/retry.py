@@ -1,6 +1,6 @@
 """The retry policy, and the classification of transport exceptions.
 
-The policy is executed by stamina (see :mod:`corral._client`). Which error kinds are retried is
+The policy is executed by stamina (see :mod:`corral._attempt`). Which error kinds are retried is
 the kinds' table in :mod:`corral._errors`; the server's hints are read by
 ``corral.providers._headers``.
 """
