@@ -1,7 +1,10 @@
 """The byte-level fault matrix: each server misbehaviour maps to its httpx2 error and retry kind.
 
-Every case also checks that the pool is left with no active connection. Cases that end in a
-timeout run in virtual time: the timeout elapses on the virtual clock, at no wall-clock cost.
+Every case runs on every path an attempt can take through the transport (the ``path`` fixture:
+the inline exchange corral's Client uses, the timed one, the body whole or streamed; see
+``attempt_paths``), with each parser, on asyncio and trio. Every case also checks that the pool
+is left with no active connection. Cases that end in a timeout run in virtual time: the timeout
+elapses on the virtual clock, at no wall-clock cost.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from corral._flow.retry import classify_exception
 from corral._transport.fast import FastTransport
 from corral._transport.http11 import ParserName
 
+from .attempt_paths import AttemptPath, Phase
 from .transport_helpers import (
     Peer,
     answer,
@@ -30,11 +34,6 @@ from .transport_helpers import (
 pytestmark = pytest.mark.anyio
 
 HEAD_200 = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-
-
-def client_for(transport: FastTransport, **timeouts: float) -> httpx2.AsyncClient:
-    """Return a client over *transport* with these timeouts (seconds) and 5 s for the rest."""
-    return httpx2.AsyncClient(transport=transport, timeout=httpx2.Timeout(5.0, **timeouts))
 
 
 def assert_kind(exc: BaseException, kind: ErrorKind) -> None:
@@ -51,32 +50,31 @@ def assert_pool_idle(transport: FastTransport) -> None:
     assert stats.waiting == 0
 
 
-async def test_connection_refused(parser: ParserName) -> None:
+async def test_connection_refused(parser: ParserName, path: AttemptPath) -> None:
     """Nothing listening: ConnectError, a connection error worth a retry."""
-    async with FastTransport(parser=parser) as transport, client_for(transport) as client:
+    async with FastTransport(parser=parser) as transport:
         with pytest.raises(httpx2.ConnectError) as caught:
-            await client.get(f"http://127.0.0.1:{free_port()}/")
+            await path.send(transport, "GET", f"http://127.0.0.1:{free_port()}/")
         assert_pool_idle(transport)
         assert transport.statistics().open == 0
     assert_kind(caught.value, ErrorKind.CONNECTION)
 
 
-async def test_connect_timeout(parser: ParserName) -> None:
+async def test_connect_timeout(parser: ParserName, path: AttemptPath) -> None:
     """A connect that cannot finish in time: ConnectTimeout, a timeout."""
     async with (
         raw_server(stall_after()) as server,
         FastTransport(parser=parser) as transport,
-        client_for(transport, connect=0.0) as client,
     ):
         with pytest.raises(httpx2.ConnectTimeout) as caught:
-            await client.get(server.url())
+            await path.send(transport, "GET", server.url(), timeouts={"connect": 0.0})
         assert_pool_idle(transport)
         assert transport.statistics().open == 0
     assert_kind(caught.value, ErrorKind.TIMEOUT)
 
 
 @pytest.mark.parametrize("read_first", [False, True], ids=["at-accept", "after-request"])
-async def test_accept_then_close(parser: ParserName, read_first: bool) -> None:
+async def test_accept_then_close(parser: ParserName, path: AttemptPath, read_first: bool) -> None:
     """A server that closes without a byte: RemoteProtocolError, a connection error."""
 
     async def close_at_once(peer: Peer) -> None:
@@ -86,12 +84,11 @@ async def test_accept_then_close(parser: ParserName, read_first: bool) -> None:
     async with (
         raw_server(close_at_once) as server,
         FastTransport(parser=parser) as transport,
-        client_for(transport) as client,
     ):
         with pytest.raises(
             (httpx2.RemoteProtocolError, httpx2.ReadError, httpx2.WriteError)
         ) as caught:
-            await client.post(server.url(), json={"q": 1})
+            await path.send(transport, "POST", server.url(), json={"q": 1})
         assert_pool_idle(transport)
     if read_first:
         assert isinstance(caught.value, httpx2.RemoteProtocolError)
@@ -100,7 +97,7 @@ async def test_accept_then_close(parser: ParserName, read_first: bool) -> None:
 
 
 @pytest.mark.parametrize("where", ["before-response", "mid-body"])
-async def test_reset(parser: ParserName, where: str) -> None:
+async def test_reset(parser: ParserName, path: AttemptPath, where: str) -> None:
     """A TCP reset before or inside the body: ReadError, a connection error."""
 
     async def reset(peer: Peer) -> None:
@@ -112,10 +109,9 @@ async def test_reset(parser: ParserName, where: str) -> None:
     async with (
         raw_server(reset) as server,
         FastTransport(parser=parser) as transport,
-        client_for(transport) as client,
     ):
         with pytest.raises((httpx2.ReadError, httpx2.RemoteProtocolError)) as caught:
-            await client.post(server.url(), json={"q": 1})
+            await path.send(transport, "POST", server.url(), json={"q": 1})
         assert_pool_idle(transport)
         assert transport.statistics().open == 0
     assert_kind(caught.value, ErrorKind.CONNECTION)
@@ -123,17 +119,16 @@ async def test_reset(parser: ParserName, where: str) -> None:
 
 @pytest.mark.virtual_time
 @pytest.mark.parametrize("sent", [b"", HEAD_200 + b"content-length: 10\r\n\r\n"])
-async def test_stall_is_a_read_timeout(parser: ParserName, sent: bytes) -> None:
+async def test_stall_is_a_read_timeout(parser: ParserName, path: AttemptPath, sent: bytes) -> None:
     """Silence, or headers then silence: ReadTimeout after the read timeout, a timeout."""
 
     async with (
         raw_server(stall_after(sent)) as server,
         FastTransport(parser=parser) as transport,
-        client_for(transport, read=2.0) as client,
     ):
         start = anyio.current_time()
         with pytest.raises(httpx2.ReadTimeout) as caught:
-            await client.get(server.url())
+            await path.send(transport, "GET", server.url(), timeouts={"read": 2.0})
         elapsed = anyio.current_time() - start
         assert_pool_idle(transport)
         assert transport.statistics().discarded == 1
@@ -141,8 +136,10 @@ async def test_stall_is_a_read_timeout(parser: ParserName, sent: bytes) -> None:
     assert_kind(caught.value, ErrorKind.TIMEOUT)
 
 
-async def test_slow_drip_within_the_read_timeout_succeeds(parser: ParserName) -> None:
-    """The read timeout bounds each read, not the whole body: a steady drip gets through."""
+async def test_slow_drip_within_the_read_timeout_succeeds(
+    parser: ParserName, path: AttemptPath
+) -> None:
+    """A steady drip gets through: per-read timeouts restart, a deadline covers the whole."""
     pieces = [b'{"n": [', b"1, ", b"2, ", b"3, ", b"4, ", b"5", b"]}"]
 
     async def drip(peer: Peer) -> None:
@@ -156,12 +153,14 @@ async def test_slow_drip_within_the_read_timeout_succeeds(parser: ParserName) ->
     async with (
         raw_server(drip) as server,
         FastTransport(parser=parser) as transport,
-        client_for(transport, read=0.25) as client,
     ):
+        # Each read waits 0.05 s; the whole body takes 0.35 s, over a per-read timeout.
+        limits: dict[Phase, float] = {"read": 0.25 if path.per_read else 5.0}
         start = anyio.current_time()
-        response = await client.get(server.url())
+        response = await path.send(transport, "GET", server.url(), timeouts=limits)
         elapsed = anyio.current_time() - start
-        assert (await client.get(server.url())).content == b"next"
+        following = await path.send(transport, "GET", server.url(), timeouts=limits)
+        assert following.content == b"next"
         stats = transport.statistics()
     assert response.json() == {"n": [1, 2, 3, 4, 5]}
     assert elapsed > 0.25
@@ -171,7 +170,7 @@ async def test_slow_drip_within_the_read_timeout_succeeds(parser: ParserName) ->
 @pytest.mark.virtual_time
 @pytest.mark.parametrize("in_headers", [False, True], ids=["in-body", "in-headers"])
 async def test_drip_with_one_long_gap_is_a_read_timeout(
-    parser: ParserName, in_headers: bool
+    parser: ParserName, path: AttemptPath, in_headers: bool
 ) -> None:
     """A drip that stops for longer than the read timeout fails with ReadTimeout."""
     first = HEAD_200 if in_headers else HEAD_200 + b"content-length: 9\r\n\r\nabc"
@@ -188,14 +187,17 @@ async def test_drip_with_one_long_gap_is_a_read_timeout(
     async with (
         raw_server(drip) as server,
         FastTransport(parser=parser) as transport,
-        client_for(transport, read=1.0) as client,
     ):
         start = anyio.current_time()
         with pytest.raises(httpx2.ReadTimeout):
-            await client.get(server.url())
+            await path.send(transport, "GET", server.url(), timeouts={"read": 1.0})
         elapsed = anyio.current_time() - start
         assert_pool_idle(transport)
-    assert 2.5 <= elapsed < 3.0
+    # Per-read timeouts restart with each drip and fail in the long gap; a deadline bounds all.
+    if path.per_read:
+        assert 2.5 <= elapsed < 3.0
+    else:
+        assert 1.0 <= elapsed < 1.5
 
 
 @pytest.mark.parametrize(
@@ -208,7 +210,9 @@ async def test_drip_with_one_long_gap_is_a_read_timeout(
     ],
     ids=["chunk-cut", "no-last-chunk", "content-length-short", "head-cut"],
 )
-async def test_truncated_response_is_a_protocol_error(parser: ParserName, sent: bytes) -> None:
+async def test_truncated_response_is_a_protocol_error(
+    parser: ParserName, path: AttemptPath, sent: bytes
+) -> None:
     """A response cut short by the server closing: RemoteProtocolError, a connection error."""
 
     async def send_and_close(peer: Peer) -> None:
@@ -218,25 +222,23 @@ async def test_truncated_response_is_a_protocol_error(parser: ParserName, sent: 
     async with (
         raw_server(send_and_close) as server,
         FastTransport(parser=parser) as transport,
-        client_for(transport) as client,
     ):
         with pytest.raises(httpx2.RemoteProtocolError) as caught:
-            await client.get(server.url())
+            await path.send(transport, "GET", server.url())
         assert_pool_idle(transport)
         assert transport.statistics().open == 0
     assert_kind(caught.value, ErrorKind.CONNECTION)
 
 
-async def test_body_longer_than_content_length(parser: ParserName) -> None:
+async def test_body_longer_than_content_length(parser: ParserName, path: AttemptPath) -> None:
     """Extra bytes past Content-Length: the declared body stands, the connection is not reused."""
     sent = HEAD_200 + b"content-length: 7\r\n\r\n" + b'{"a":1}garbage'
     async with (
         raw_server(lambda peer: answer(peer, sent, times=1)) as server,
         FastTransport(parser=parser) as transport,
-        client_for(transport) as client,
     ):
-        first = await client.get(server.url())
-        second = await client.get(server.url())
+        first = await path.send(transport, "GET", server.url())
+        second = await path.send(transport, "GET", server.url())
         stats = transport.statistics()
     assert first.json() == second.json() == {"a": 1}
     assert stats.connects == 2
@@ -252,29 +254,31 @@ async def test_body_longer_than_content_length(parser: ParserName) -> None:
     ],
     ids=["status-line", "not-http", "header"],
 )
-async def test_malformed_response_is_a_protocol_error(parser: ParserName, sent: bytes) -> None:
+async def test_malformed_response_is_a_protocol_error(
+    parser: ParserName, path: AttemptPath, sent: bytes
+) -> None:
     """Bytes that are not an HTTP response: RemoteProtocolError, and the connection is dropped."""
     async with (
         raw_server(lambda peer: answer(peer, sent)) as server,
         FastTransport(parser=parser) as transport,
-        client_for(transport) as client,
     ):
         with pytest.raises(httpx2.RemoteProtocolError) as caught:
-            await client.get(server.url())
+            await path.send(transport, "GET", server.url())
         assert_pool_idle(transport)
         assert transport.statistics().open == 0
     assert_kind(caught.value, ErrorKind.CONNECTION)
 
 
-async def test_non_json_200_is_fine_at_transport_level(parser: ParserName) -> None:
+async def test_non_json_200_is_fine_at_transport_level(
+    parser: ParserName, path: AttemptPath
+) -> None:
     """A 200 whose body is not JSON is still a 200: parsing it is the provider's business."""
     sent = http_response(200, b"<html>gateway says hi</html>", [("content-type", "text/html")])
     async with (
         raw_server(lambda peer: answer(peer, sent)) as server,
         FastTransport(parser=parser) as transport,
-        client_for(transport) as client,
     ):
-        response = await client.post(server.url(), json={"q": 1})
+        response = await path.send(transport, "POST", server.url(), json={"q": 1})
         assert_pool_idle(transport)
     assert response.status_code == 200
     assert response.text == "<html>gateway says hi</html>"
@@ -283,16 +287,21 @@ async def test_non_json_200_is_fine_at_transport_level(parser: ParserName) -> No
 
 
 @pytest.mark.virtual_time
-async def test_server_not_reading_is_a_write_timeout(parser: ParserName) -> None:
+async def test_server_not_reading_is_a_write_timeout(parser: ParserName, path: AttemptPath) -> None:
     """A server that never reads a large upload: WriteTimeout once the buffers fill."""
     with black_hole() as port:
         async with (
             FastTransport(parser=parser) as transport,
-            client_for(transport, write=1.0) as client,
         ):
             start = anyio.current_time()
             with pytest.raises(httpx2.WriteTimeout) as caught:
-                await client.post(f"http://127.0.0.1:{port}/", content=b"u" * (16 * 1024 * 1024))
+                await path.send(
+                    transport,
+                    "POST",
+                    f"http://127.0.0.1:{port}/",
+                    content=b"u" * (16 * 1024 * 1024),
+                    timeouts={"write": 1.0},
+                )
             elapsed = anyio.current_time() - start
             assert_pool_idle(transport)
             assert transport.statistics().open == 0
@@ -301,7 +310,7 @@ async def test_server_not_reading_is_a_write_timeout(parser: ParserName) -> None
 
 
 @pytest.mark.virtual_time
-async def test_full_pool_is_a_pool_timeout(parser: ParserName) -> None:
+async def test_full_pool_is_a_pool_timeout(parser: ParserName, path: AttemptPath) -> None:
     """With every connection busy, a request waits the pool timeout, then PoolTimeout."""
 
     async def slow_stream(peer: Peer) -> None:
@@ -314,16 +323,18 @@ async def test_full_pool_is_a_pool_timeout(parser: ParserName) -> None:
     async with (
         raw_server(slow_stream) as server,
         FastTransport(parser=parser, max_connections=1) as transport,
-        client_for(transport, pool=3.0, read=1000.0) as client,
     ):
-        async with client.stream("GET", server.url()) as held:
+        held = await path.open(transport, "GET", server.url(), timeouts={"read": 1000.0})
+        try:
             start = anyio.current_time()
             with pytest.raises(httpx2.PoolTimeout) as caught:
-                await client.get(server.url())
+                await path.send(transport, "GET", server.url(), timeouts={"pool": 3.0})
             elapsed = anyio.current_time() - start
             assert transport.statistics().waiting == 0
-            assert await held.aread() == b"{}"
-        after = await client.get(server.url())
+            assert (await path.read(held)).content == b"{}"
+        finally:
+            await held.aclose()
+        after = await path.send(transport, "GET", server.url())
         assert_pool_idle(transport)
         stats = transport.statistics()
     assert 3.0 <= elapsed < 4.0
