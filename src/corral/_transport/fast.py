@@ -25,7 +25,6 @@ import anyio.abc
 import attrs
 import httpx2
 from anyio.streams.tls import TLSStream
-from httpx2._utils import URLPattern, get_environment_proxies
 
 from .http11 import (
     HAS_HTTPTOOLS,
@@ -36,7 +35,13 @@ from .http11 import (
     encode_chunk,
     encode_request_head,
 )
-from .httpx_internals import streamed_response
+from .httpx_internals import (
+    EnvironmentProxy,
+    environment_proxies,
+    inner_stream,
+    set_read,
+    streamed_response,
+)
 from .pool import Connection, ConnectionPool, Origin, close_stream, within
 from .sockets import DeadlinePassed, SocketStream, open_tcp_socket
 
@@ -290,17 +295,14 @@ class _Response(httpx2.Response):
 
     async def aread(self) -> bytes:
         """Read and return the response body."""
-        if not hasattr(self, "_content") and not self.is_stream_consumed and not self.is_closed:
+        if not self.is_stream_consumed and not self.is_closed:
             stream = self.stream
             # httpx2.AsyncClient wraps the transport's stream to time the response.
-            inner = stream if type(stream) is _ResponseStream else getattr(stream, "_stream", None)
+            inner = stream if type(stream) is _ResponseStream else inner_stream(stream)
             if type(inner) is _ResponseStream:
                 body = inner.whole_body()
                 if body is not None:
-                    self._content = body
-                    self.is_stream_consumed = True
-                    self._num_bytes_downloaded = len(body)
-                    self.is_closed = True
+                    set_read(self, body)
                     if stream is not inner or inner._conn is not None:
                         assert isinstance(stream, httpx2.AsyncByteStream)
                         await stream.aclose()
@@ -378,11 +380,9 @@ class FastTransport(httpx2.AsyncBaseTransport):
         # and the Host header value for requests built without one.
         self._routes: dict[Origin, tuple[httpx2.AsyncBaseTransport | None, bytes]] = {}
         self._delegates: dict[str, httpx2.AsyncBaseTransport] = {}
-        self._env_proxies: list[tuple[URLPattern, str | None]] = []
+        self._env_proxies: list[EnvironmentProxy] = []
         if trust_env and proxy is None and uds is None:
-            self._env_proxies = sorted(
-                (URLPattern(pattern), url) for pattern, url in get_environment_proxies().items()
-            )
+            self._env_proxies = environment_proxies()
         self._requests = 0
         self._delegated = 0
 
