@@ -17,6 +17,7 @@ import httpx2
 
 from .._errors import check_number
 from .._models import ErrorInfo, ErrorKind
+from .._transport.limits import ResponseRefused
 
 __all__ = ["RetryPolicy"]
 
@@ -119,7 +120,8 @@ def classify_exception(exc: BaseException) -> ErrorInfo:
         return ErrorInfo(ErrorKind.TIMEOUT, f"{name}: {detail}", retryable=True)
     if isinstance(exc, httpx2.TooManyRedirects):
         return ErrorInfo(ErrorKind.INVALID_RESPONSE, f"{name}: {detail}")
-    if isinstance(exc, httpx2.DecodingError):
+    if isinstance(exc, httpx2.DecodingError | ResponseRefused):
+        # Over a response cap, or undecodable: the same server would answer the same again.
         return ErrorInfo(ErrorKind.INVALID_RESPONSE, f"{name}: {detail}")
     if isinstance(exc, httpx2.TransportError | OSError):
         # Connect, read and write errors, protocol errors, resets and broken pipes: the server
