@@ -9,6 +9,7 @@ elapses on the virtual clock, at no wall-clock cost.
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import anyio
@@ -19,6 +20,7 @@ from corral import ErrorKind
 from corral._flow.retry import classify_exception
 from corral._transport.fast import FastTransport
 from corral._transport.http11 import ParserName
+from corral._transport.limits import ResponseRefused
 
 from .attempt_paths import AttemptPath, Phase
 from .transport_helpers import (
@@ -341,3 +343,95 @@ async def test_full_pool_is_a_pool_timeout(parser: ParserName, path: AttemptPath
     assert after.status_code == 200
     assert stats.connects == 1
     assert_kind(caught.value, ErrorKind.TIMEOUT)
+
+
+def assert_refused(exc: BaseException) -> None:
+    """The Client's classification gives invalid_response, never retried."""
+    assert isinstance(exc, ResponseRefused)
+    info = classify_exception(exc)
+    assert info.kind == ErrorKind.INVALID_RESPONSE
+    assert not info.retryable
+
+
+@pytest.mark.parametrize(
+    ("sent", "words"),
+    [
+        (HEAD_200 + b"x-filler: 0123456789\r\n" * 400, "max_header_bytes=4096"),
+        (HEAD_200 + b"x-long: " + b"a" * 3000 + b"\r\ncontent-length: 0\r\n\r\n", "line"),
+        (HEAD_200 + b"x-long: " + b"a" * 10_000, "max_header_bytes=4096"),
+    ],
+    ids=["many-lines", "long-line", "unfinished-line"],
+)
+async def test_head_over_the_caps_is_refused(
+    parser: ParserName, path: AttemptPath, sent: bytes, words: str
+) -> None:
+    """A head past its caps: ResponseRefused, invalid_response, and the connection is closed."""
+    async with (
+        raw_server(stall_after(sent)) as server,
+        FastTransport(parser=parser, max_header_bytes=4096, max_header_line=2048) as transport,
+    ):
+        with pytest.raises(ResponseRefused, match=words) as caught:
+            await path.send(transport, "GET", server.url())
+        assert_pool_idle(transport)
+        assert transport.statistics().open == 0
+    assert_refused(caught.value)
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        HEAD_200 + b"content-length: 5000\r\n\r\n" + b"a" * 5000,
+        HEAD_200 + b"transfer-encoding: chunked\r\n\r\n" + b"800\r\n" + b"b" * 2048 + b"\r\n",
+    ],
+    ids=["content-length", "chunked-unfinished"],
+)
+async def test_body_over_max_response_bytes_is_refused(
+    parser: ParserName, path: AttemptPath, sent: bytes
+) -> None:
+    """A body past max_response_bytes: ResponseRefused, invalid_response; one at it passes."""
+    async with (
+        raw_server(stall_after(sent)) as server,
+        FastTransport(parser=parser, max_response_bytes=1000) as transport,
+    ):
+        with pytest.raises(ResponseRefused, match="max_response_bytes=1000") as caught:
+            await path.send(transport, "GET", server.url())
+        assert_pool_idle(transport)
+    assert_refused(caught.value)
+    exact = http_response(200, b"c" * 1000)
+    async with (
+        raw_server(lambda peer: answer(peer, exact)) as server,
+        FastTransport(parser=parser, max_response_bytes=1000) as transport,
+    ):
+        response = await path.send(transport, "GET", server.url())
+    assert response.content == b"c" * 1000
+
+
+@pytest.mark.parametrize(
+    ("coding", "accept", "refused"),
+    [
+        ("gzip", None, True),
+        ("br", "gzip, deflate", True),
+        ("gzip", "gzip;q=1.0, br", False),
+        ("identity", None, False),
+    ],
+)
+async def test_content_coding_not_asked_for_is_refused(
+    parser: ParserName, path: AttemptPath, coding: str, accept: str | None, refused: bool
+) -> None:
+    """A Content-Encoding the request did not accept is refused before its body is read."""
+    body = gzip.compress(b'{"a": 1}') if coding == "gzip" else b'{"a": 1}'
+    sent = http_response(200, body, [("content-encoding", coding)])
+    headers = {"accept-encoding": accept} if accept else {}
+    async with (
+        raw_server(lambda peer: answer(peer, sent)) as server,
+        FastTransport(parser=parser) as transport,
+    ):
+        if refused:
+            with pytest.raises(ResponseRefused, match=f"encoded with '{coding}'") as caught:
+                await path.send(transport, "GET", server.url(), headers=headers)
+            assert_refused(caught.value)
+        else:
+            response = await path.send(transport, "GET", server.url(), headers=headers)
+            if not path.streamed:
+                assert response.json() == {"a": 1}
+        assert_pool_idle(transport)

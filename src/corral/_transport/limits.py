@@ -134,12 +134,20 @@ class CappedStream(httpx2.AsyncByteStream):
         self._seen = 0
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._stream:
-            self._seen += len(chunk)
-            if self._seen > self._limit:
-                await self._stream.aclose()
-                raise too_large(self._limit)
-            yield chunk
+        chunks = aiter(self._stream)
+        try:
+            async for chunk in chunks:
+                self._seen += len(chunk)
+                if self._seen > self._limit:
+                    raise too_large(self._limit)
+                yield chunk
+        finally:
+            # The inner stream's iterator is an async generator: left unfinished, it would be
+            # finalised by the garbage collector, late (and with a warning on trio).
+            close = getattr(chunks, "aclose", None)
+            if close is not None:
+                await close()
+            await self._stream.aclose()
 
     async def aclose(self) -> None:
         """Close the underlying stream."""
@@ -154,7 +162,8 @@ class CappedTransport(httpx2.AsyncBaseTransport):
 
     The body is capped at *max_response_bytes*, and a ``Content-Encoding`` the request did not
     accept is refused before its body is read, so httpx2 never decodes what it was not asked
-    to. The head is left to the inner transport (httpcore refuses heads past 100 KiB).
+    to. The head is capped by the inner transport (httpcore refuses heads past 100 KiB); its
+    refusal becomes a :class:`ResponseRefused` too.
 
     Args:
         transport: The transport that sends the requests; closed with this one.
@@ -181,7 +190,15 @@ class CappedTransport(httpx2.AsyncBaseTransport):
         Raises:
             ResponseRefused: The response uses a content coding the request did not accept.
         """
-        response = await self._transport.handle_async_request(request)
+        try:
+            response = await self._transport.handle_async_request(request)
+        except httpx2.RemoteProtocolError as exc:
+            # h11's words for a head past httpcore's cap (max_incomplete_event_size).
+            if "Receive buffer too long" in str(exc):
+                raise ResponseRefused(
+                    f"the response head is longer than httpx2's transport accepts: {exc}"
+                ) from exc
+            raise
         stream = response.stream
         assert isinstance(stream, httpx2.AsyncByteStream)
         try:
