@@ -13,6 +13,7 @@ import json
 import zlib
 from collections.abc import Callable
 
+import anyio
 import attrs
 import brotli
 
@@ -148,22 +149,28 @@ def bomb(coding: str, decoded_size: int) -> Callable[[Peer, Tally], object]:
 STALE = "stale"
 
 
-def extra_response() -> Callable[[Peer, Tally], object]:
-    """Return an attack answering, then sending a second, unasked answer at once.
+def extra_response(*, apart: bool = False) -> Callable[[Peer, Tally], object]:
+    """Return an attack answering, then sending a second, unasked answer.
 
     A client that reads the extra response as the answer to its next request on the same
     connection delivers a stale answer (content ``"stale"``) to the wrong request.
+
+    Args:
+        apart: Send the extra response a moment later, in its own segment (the client reads
+            it from an idle connection), instead of in the same send as the answer.
     """
     stale_body = json.dumps(completion_body("m", STALE)).encode()
     stale = http_response(200, stale_body, [("content-type", "application/json")])
 
     async def attack(peer: Peer, tally: Tally) -> None:
         body = json.dumps(completion_body("m", "first")).encode()
-        await send_counted(
-            peer,
-            tally,
-            http_response(200, body, [("content-type", "application/json")]) + stale,
-        )
+        answer = http_response(200, body, [("content-type", "application/json")])
+        if apart:
+            await send_counted(peer, tally, answer)
+            await anyio.sleep(0.05)
+            await send_counted(peer, tally, stale)
+        else:
+            await send_counted(peer, tally, answer + stale)
 
     return attack
 
