@@ -15,19 +15,6 @@ from typing import Final
 
 import httpx2
 
-__all__ = [
-    "DEFAULT_MAX_HEADER_BYTES",
-    "DEFAULT_MAX_HEADER_LINE",
-    "DEFAULT_MAX_RESPONSE_BYTES",
-    "CappedStream",
-    "CappedTransport",
-    "ResponseRefused",
-    "check_limit",
-    "refuse_unasked_encoding",
-    "too_large",
-    "unasked_encoding",
-]
-
 #: The most bytes a response head may take: status line and every header together. Real API
 #: heads are 1-3 KiB; httpcore refuses heads past 100 KiB, llhttp past 80 KiB by default.
 DEFAULT_MAX_HEADER_BYTES: Final = 256 * 1024
