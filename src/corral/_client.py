@@ -41,6 +41,7 @@ from ._models import (
 from ._runner import LazyInput, admit
 from ._streaming import CompletionStream, EventReader
 from ._transport.fast import FastTransport
+from ._transport.limits import DEFAULT_MAX_RESPONSE_BYTES, CappedTransport, check_limit
 from .providers._base import Provider
 
 __all__ = ["Client", "ClientStatistics", "ResultStream"]
@@ -183,6 +184,11 @@ class Client:
             :class:`corral.FastTransport`, corral's own HTTP/1.1 transport, and skips the
             general client's per-request work (redirects, cookies, auth flows, URL merging);
             ``"httpx"`` uses httpx2's stock transport and client, as they come.
+        max_response_bytes: The most bytes one response body may take (256 MiB by default,
+            far above any real answer); a larger one fails as ``invalid_response`` once
+            this many bytes are read, and is not retried. Either transport also refuses a
+            compressed answer, which corral never asks for, the same way. Your own
+            *http_client* keeps its transport's limits: this one does not apply.
     """
 
     __slots__ = (
@@ -194,6 +200,7 @@ class Client:
         "_layers",
         "_limiter",
         "_max_concurrency",
+        "_max_response_bytes",
         "_open",
         "_own_http",
         "_path",
@@ -220,6 +227,7 @@ class Client:
         adaptive: AdaptiveConcurrency | None = None,
         http_client: httpx2.AsyncClient | None = None,
         transport: Literal["fast", "httpx"] | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         if not isinstance(provider, Provider):
             raise ConfigurationTypeError(
@@ -278,6 +286,10 @@ class Client:
                 "corral sends through it as it is"
             )
         self._transport_choice = transport or "fast"
+        try:
+            self._max_response_bytes = check_limit("max_response_bytes", max_response_bytes)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(str(exc)) from exc
         self._http = http_client
         self._own_http = http_client is None
         # What the provider can do, resolved once: one isinstance() against a runtime-checkable
@@ -318,7 +330,10 @@ class Client:
             )
             if self._transport_choice == "fast":
                 # Attempts go straight to corral's own transport (see Exchange).
-                direct = FastTransport(max_connections=self._max_concurrency)
+                direct = FastTransport(
+                    max_connections=self._max_concurrency,
+                    max_response_bytes=self._max_response_bytes,
+                )
                 self._http = httpx2.AsyncClient(
                     transport=direct,
                     timeout=self._request_timeout,
@@ -326,8 +341,12 @@ class Client:
                     follow_redirects=False,
                 )
             else:
+                stock = httpx2.AsyncHTTPTransport(limits=limits)
                 self._http = httpx2.AsyncClient(
-                    timeout=self._request_timeout, limits=limits, follow_redirects=False
+                    transport=CappedTransport(stock, max_response_bytes=self._max_response_bytes),
+                    timeout=self._request_timeout,
+                    limits=limits,
+                    follow_redirects=False,
                 )
         assert self._http is not None
         # The backend's own clock: anyio.current_time looks the backend up on every call.

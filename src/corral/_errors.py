@@ -58,6 +58,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final, NamedTuple
 
+import httpx2
+
 if TYPE_CHECKING:
     from ._models import ErrorInfo
 
@@ -395,3 +397,11 @@ class OutputWriteError(JobError):
             f"could not write {path}: {reason}. Results counted as done are safe on disk; "
             f"fix the cause and rerun the same command to resume."
         )
+
+
+class ResponseRefused(httpx2.RemoteProtocolError):
+    """A response the transport refuses by its caps: sent again, it would be refused again.
+
+    A :class:`httpx2.RemoteProtocolError`, so code that handles httpx2's errors handles it;
+    corral reports it as ``invalid_response`` and does not retry it.
+    """

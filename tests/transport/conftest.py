@@ -6,6 +6,8 @@ import pytest
 
 from corral._transport.http11 import HAS_HTTPTOOLS, ParserName
 
+from .attempt_paths import PATHS, AttemptPath
+
 PARSERS: list[ParserName] = ["httptools", "h11"] if HAS_HTTPTOOLS else ["h11"]
 
 _ENVIRONMENT = [
@@ -31,3 +33,10 @@ def parser(request: pytest.FixtureRequest) -> ParserName:
     """Run the test with each response parser."""
     name: ParserName = request.param
     return name
+
+
+@pytest.fixture(params=PATHS, ids=str)
+def path(request: pytest.FixtureRequest) -> AttemptPath:
+    """Run the test on each path an attempt can take through the transport."""
+    chosen: AttemptPath = request.param
+    return chosen

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx2
@@ -9,9 +10,12 @@ import pytest
 
 from corral._transport.fast import _Response
 from corral._transport.httpx_internals import (
+    environment_proxies,
     header_fields,
+    inner_stream,
     json_post,
     raw_headers,
+    set_read,
     streamed_response,
 )
 from corral.providers._base import post_json
@@ -93,3 +97,59 @@ def test_streamed_response_equals_an_httpx2_response(cls: type[httpx2.Response])
     assert state(built) == state(stock)
     assert built.extensions == stock.extensions
     assert built.stream is stream
+
+
+@pytest.mark.anyio
+async def test_set_read_leaves_the_response_as_aread_does() -> None:
+    """set_read leaves every attribute as httpx2's own aread() does for the same body."""
+    extensions: dict[str, object] = {"http_version": b"HTTP/1.1", "reason_phrase": b"OK"}
+    stock = httpx2.Response(200, headers=PAIRS, stream=httpx2.ByteStream(b"{}"))
+    stock.extensions = extensions
+    await stock.aread()
+    built = streamed_response(httpx2.Response, 200, PAIRS, httpx2.ByteStream(b"{}"), extensions)
+    set_read(built, b"{}")
+    # httpx2 caches the decoder it made, and the headers their encoding, lazily, when needed.
+    skip = ("stream", "_decoder", "headers")
+    assert state(built, skip=skip) == state(stock, skip=skip)
+    assert built.headers.raw == stock.headers.raw
+    assert built.content == b"{}"
+    assert built.num_bytes_downloaded == 2
+
+
+@pytest.mark.anyio
+async def test_inner_stream_finds_the_transport_stream_an_async_client_wraps() -> None:
+    """inner_stream returns the stream a transport gave, from httpx2.AsyncClient's wrapper."""
+
+    class Given(httpx2.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            yield b"{}"
+
+    given = Given()
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, stream=given)
+
+    async with httpx2.AsyncClient(transport=httpx2.MockTransport(handler)) as client:
+        response = await client.send(client.build_request("GET", "http://x/"), stream=True)
+        assert response.stream is not given
+        assert inner_stream(response.stream) is given
+        await response.aclose()
+    assert inner_stream(given) is None
+
+
+def test_environment_proxies_route_as_httpx2_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """environment_proxies gives the proxy httpx2's own transport picks for each URL."""
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "internal.example,127.0.0.1")
+    proxies = environment_proxies()
+    client = httpx2.AsyncClient(trust_env=True)
+
+    def chosen(url: str) -> str | None:
+        for pattern, proxy in proxies:
+            if pattern.matches(httpx2.URL(url)):
+                return proxy
+        return None
+
+    for url in ("https://api.example.org/", "https://internal.example/", "http://a.example/"):
+        stock = client._transport_for_url(httpx2.URL(url))
+        assert (chosen(url) is not None) == (stock is not client._transport), url

@@ -10,7 +10,7 @@ from __future__ import annotations
 import attrs
 import httpx2
 
-from .._errors import check_number, default_retryable
+from .._errors import ResponseRefused, check_number, default_retryable
 from .._models import ErrorInfo, ErrorKind
 
 __all__ = ["RetryPolicy"]
@@ -77,7 +77,7 @@ def classify_exception(exc: BaseException) -> ErrorInfo:
     detail = str(exc) or name
     if isinstance(exc, httpx2.TimeoutException | TimeoutError):
         kind = ErrorKind.TIMEOUT
-    elif isinstance(exc, httpx2.TooManyRedirects | httpx2.DecodingError):
+    elif isinstance(exc, httpx2.TooManyRedirects | httpx2.DecodingError | ResponseRefused):
         kind = ErrorKind.INVALID_RESPONSE
     elif isinstance(exc, httpx2.TransportError | OSError):
         # Connect, read and write errors, protocol errors, resets and broken pipes: the server

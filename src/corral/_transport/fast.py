@@ -25,7 +25,6 @@ import anyio.abc
 import attrs
 import httpx2
 from anyio.streams.tls import TLSStream
-from httpx2._utils import URLPattern, get_environment_proxies
 
 from .http11 import (
     HAS_HTTPTOOLS,
@@ -36,7 +35,21 @@ from .http11 import (
     encode_chunk,
     encode_request_head,
 )
-from .httpx_internals import streamed_response
+from .httpx_internals import (
+    EnvironmentProxy,
+    environment_proxies,
+    inner_stream,
+    set_read,
+    streamed_response,
+)
+from .limits import (
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_HEADER_LINE,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    check_limit,
+    refuse_unasked_encoding,
+    too_large,
+)
 from .pool import Connection, ConnectionPool, Origin, close_stream, within
 from .sockets import DeadlinePassed, SocketStream, open_tcp_socket
 
@@ -194,7 +207,18 @@ class _ResponseStream(httpx2.AsyncByteStream):
     is handed out; closing the stream early, an error or a cancellation closes it instead.
     """
 
-    __slots__ = ("_body", "_complete", "_conn", "_encoded", "_keep", "_parser", "_pool", "_timeout")
+    __slots__ = (
+        "_body",
+        "_complete",
+        "_conn",
+        "_encoded",
+        "_keep",
+        "_left",
+        "_limit",
+        "_parser",
+        "_pool",
+        "_timeout",
+    )
 
     def __init__(
         self,
@@ -203,6 +227,7 @@ class _ResponseStream(httpx2.AsyncByteStream):
         parser: ResponseParser,
         read_timeout: float | None,
         keep: bool,
+        limit: int,
     ) -> None:
         self._pool = pool
         self._conn: Connection | None = conn
@@ -214,6 +239,10 @@ class _ResponseStream(httpx2.AsyncByteStream):
         self._complete = False
         self._timeout = read_timeout
         self._keep = keep
+        self._limit = limit
+        # Body bytes still allowed: what is handed out, and what waits in the body list, is
+        # never more than the cap plus one read.
+        self._left = limit
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self
@@ -226,15 +255,22 @@ class _ResponseStream(httpx2.AsyncByteStream):
             await self._read()
         data = body[0] if len(body) == 1 else b"".join(body)
         body.clear()
+        self._left -= len(data)
+        if self._left < 0:
+            await self.aclose()
+            raise too_large(self._limit)
         return data
 
     def whole_body(self) -> bytes | None:
-        """Take the whole body if it has arrived and needs no decoding; else return None."""
+        """Take the whole body if it has arrived, needs no decoding and fits; else return None."""
         if not self._complete or self._encoded:
             return None
         body = self._body
         data = body[0] if len(body) == 1 else b"".join(body)
+        if len(data) > self._left:
+            return None  # left for __anext__ to refuse
         body.clear()
+        self._left -= len(data)
         return data
 
     def _finish(self, conn: Connection) -> bool:
@@ -290,17 +326,14 @@ class _Response(httpx2.Response):
 
     async def aread(self) -> bytes:
         """Read and return the response body."""
-        if not hasattr(self, "_content") and not self.is_stream_consumed and not self.is_closed:
+        if not self.is_stream_consumed and not self.is_closed:
             stream = self.stream
             # httpx2.AsyncClient wraps the transport's stream to time the response.
-            inner = stream if type(stream) is _ResponseStream else getattr(stream, "_stream", None)
+            inner = stream if type(stream) is _ResponseStream else inner_stream(stream)
             if type(inner) is _ResponseStream:
                 body = inner.whole_body()
                 if body is not None:
-                    self._content = body
-                    self.is_stream_consumed = True
-                    self._num_bytes_downloaded = len(body)
-                    self.is_closed = True
+                    set_read(self, body)
                     if stream is not inner or inner._conn is not None:
                         assert isinstance(stream, httpx2.AsyncByteStream)
                         await stream.aclose()
@@ -343,6 +376,15 @@ class FastTransport(httpx2.AsyncBaseTransport):
         uds: Connect to this Unix socket instead of TCP, through the stock transport.
         parser: The response parser: ``"auto"`` (httptools when installed, else h11),
             ``"httptools"`` or ``"h11"``.
+        max_response_bytes: The most bytes a response body may take; reading stops there
+            and the response fails with a ``RemoteProtocolError`` (``ResponseRefused``).
+        max_header_bytes: The most bytes a response head may take, status line included.
+        max_header_line: The most bytes one response header line may take.
+
+    A response whose ``Content-Encoding`` the request did not list in its ``Accept-Encoding``
+    is refused the same way before its body is read: decoding it could take far more memory
+    than its bytes. Codings the request asks for are decoded by httpx2, and then the cap
+    bounds the encoded bytes, not the decoded ones.
     """
 
     def __init__(
@@ -356,8 +398,14 @@ class FastTransport(httpx2.AsyncBaseTransport):
         proxy: str | httpx2.URL | httpx2.Proxy | None = None,
         uds: str | None = None,
         parser: ParserName = "auto",
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+        max_header_line: int = DEFAULT_MAX_HEADER_LINE,
     ) -> None:
         _check_max_connections(max_connections)
+        self._max_body = check_limit("max_response_bytes", max_response_bytes)
+        self._max_head = check_limit("max_header_bytes", max_header_bytes)
+        self._max_line = check_limit("max_header_line", max_header_line)
         keepalive_expiry = _check_keepalive_expiry(keepalive_expiry)
         if parser not in ("auto", "httptools", "h11"):
             raise ValueError(f"parser must be 'auto', 'httptools' or 'h11', got {parser!r}")
@@ -378,11 +426,9 @@ class FastTransport(httpx2.AsyncBaseTransport):
         # and the Host header value for requests built without one.
         self._routes: dict[Origin, tuple[httpx2.AsyncBaseTransport | None, bytes]] = {}
         self._delegates: dict[str, httpx2.AsyncBaseTransport] = {}
-        self._env_proxies: list[tuple[URLPattern, str | None]] = []
+        self._env_proxies: list[EnvironmentProxy] = []
         if trust_env and proxy is None and uds is None:
-            self._env_proxies = sorted(
-                (URLPattern(pattern), url) for pattern, url in get_environment_proxies().items()
-            )
+            self._env_proxies = environment_proxies()
         self._requests = 0
         self._delegated = 0
 
@@ -443,12 +489,12 @@ class FastTransport(httpx2.AsyncBaseTransport):
             # One llhttp parser per connection, reset between responses.
             fast = conn.parser
             if fast is None:
-                fast = conn.parser = HttptoolsParser()
+                fast = conn.parser = HttptoolsParser(self._max_head, self._max_line)
             else:
                 fast.reset()
             parser = fast
         else:
-            parser = H11Parser(method)
+            parser = H11Parser(method, self._max_head, self._max_line)
         try:
             if write_timeout is None and read_timeout is None:
                 # The common exchange, inline: a coroutine less under every wait. (_write's
@@ -474,10 +520,14 @@ class FastTransport(httpx2.AsyncBaseTransport):
                 await self._timed_exchange(
                     conn, parser, head, body, request, chunked, write_timeout, read_timeout
                 )
+            if parser.encoded:
+                refuse_unasked_encoding(request.headers, parser.headers)
         except BaseException:
             await self._pool.discard(conn)
             raise
-        stream = _ResponseStream(self._pool, conn, parser, read_timeout, not wants_close)
+        stream = _ResponseStream(
+            self._pool, conn, parser, read_timeout, not wants_close, self._max_body
+        )
         # The usual small JSON answer came with its headers: free the connection now.
         if parser.message_complete and not stream._finish(conn):
             await close_stream(conn.stream)

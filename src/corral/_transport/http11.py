@@ -15,6 +15,7 @@ import h11
 import httpx2
 
 from .httpx_internals import header_fields
+from .limits import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADER_LINE, ResponseRefused
 
 try:
     import httptools
@@ -38,7 +39,9 @@ class ResponseParser(Protocol):
     """Incremental parser of one HTTP/1.1 response.
 
     ``feed`` appends body chunks, framing removed, to ``body`` (the caller drains the list); a
-    parser raises :class:`httpx2.RemoteProtocolError` for malformed or truncated input.
+    parser raises :class:`httpx2.RemoteProtocolError` for malformed or truncated input, and
+    :class:`~corral._transport.limits.ResponseRefused` for a head past its caps (a header line,
+    or the whole head, longer than the parser was built to accept).
     ``encoded`` tells whether the response has a ``Content-Encoding`` to undo.
     """
 
@@ -138,7 +141,11 @@ class HttptoolsParser:
         "_eof_delimited",
         "_extra",
         "_framed",
+        "_head_bytes",
         "_keep_alive",
+        "_long_line",
+        "_max_head",
+        "_max_line",
         "_parser",
         "body",
         "encoded",
@@ -150,10 +157,16 @@ class HttptoolsParser:
         "status_code",
     )
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+        max_header_line: int = DEFAULT_MAX_HEADER_LINE,
+    ) -> None:
         if httptools is None:  # pragma: no cover
             raise RuntimeError("httptools is not installed")
         self._parser = httptools.HttpResponseParser(self)
+        self._max_head = max_header_bytes
+        self._max_line = max_header_line
         self.reset()
 
     def reset(self) -> None:
@@ -173,6 +186,8 @@ class HttptoolsParser:
         self._eof_delimited = False
         self._keep_alive = False
         self._extra = False
+        self._head_bytes = 0
+        self._long_line = 0
 
     # httptools callbacks.
 
@@ -195,6 +210,9 @@ class HttptoolsParser:
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._extra:
             return
+        if len(name) + len(value) > self._max_line:
+            # Raising inside a callback would be wrapped by httptools: feed() raises it.
+            self._long_line = len(name) + len(value)
         self.headers.append((name, value))
         lowered = name.lower()
         if lowered == b"content-length" or lowered == b"transfer-encoding":
@@ -231,6 +249,7 @@ class HttptoolsParser:
         Args:
             data: The bytes, as received.
         """
+        counting = not self.headers_complete
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -243,6 +262,15 @@ class HttptoolsParser:
                 self._extra = True
                 return
             raise httpx2.RemoteProtocolError(f"Malformed HTTP response: {exc}") from exc
+        if counting:
+            # llhttp keeps an unfinished header line, and the fields seen, until the head
+            # ends: count what the head has taken so far (a read's worth over at worst).
+            if self._long_line:
+                raise _long_line(self._long_line, self._max_line)
+            if not self.headers_complete:
+                self._head_bytes += len(data)
+                if self._head_bytes > self._max_head:
+                    raise _long_head(self._max_head)
 
     def feed_eof(self) -> None:
         """Record that the server closed the connection.
@@ -272,6 +300,9 @@ class H11Parser:
 
     __slots__ = (
         "_conn",
+        "_head_bytes",
+        "_max_head",
+        "_max_line",
         "_reusable",
         "body",
         "encoded",
@@ -283,13 +314,22 @@ class H11Parser:
         "status_code",
     )
 
-    def __init__(self, method: bytes = b"GET") -> None:
-        conn = h11.Connection(h11.CLIENT)
+    def __init__(
+        self,
+        method: bytes = b"GET",
+        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+        max_header_line: int = DEFAULT_MAX_HEADER_LINE,
+    ) -> None:
+        # h11 refuses to buffer more than this of an unfinished event; the head is one event.
+        conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_header_bytes)
         # h11 frames the response from the request it saw (a HEAD response has no body), so
         # walk it through a stand-in request; the real bytes are written elsewhere.
         conn.send(h11.Request(method=method, target=b"/", headers=[(b"host", b"_")]))
         conn.send(h11.EndOfMessage())
         self._conn = conn
+        self._max_head = max_header_bytes
+        self._max_line = max_header_line
+        self._head_bytes = 0
         self.status_code = 0
         self.reason = b""
         self.http_version = b"HTTP/1.1"
@@ -306,10 +346,15 @@ class H11Parser:
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
+                if not self.headers_complete and self._head_bytes > self._max_head:
+                    raise _long_head(self._max_head) from exc
                 raise httpx2.RemoteProtocolError(f"Malformed HTTP response: {exc}") from exc
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
             if isinstance(event, h11.Response):
+                longest = max((len(n) + len(v) for n, v in event.headers.raw_items()), default=0)
+                if longest > self._max_line:
+                    raise _long_line(longest, self._max_line)
                 self.status_code = event.status_code
                 self.reason = event.reason
                 self.http_version = b"HTTP/" + event.http_version
@@ -335,6 +380,8 @@ class H11Parser:
         if self.message_complete:
             self._reusable = False
             return
+        if not self.headers_complete:
+            self._head_bytes += len(data)
         self._conn.receive_data(data)
         self._events()
 
@@ -358,13 +405,30 @@ class H11Parser:
         return self.message_complete and self._reusable
 
 
-def make_parser(name: ParserName, method: bytes) -> ResponseParser:
+def _long_head(limit: int) -> ResponseRefused:
+    return ResponseRefused(f"the response head is longer than max_header_bytes={limit}")
+
+
+def _long_line(length: int, limit: int) -> ResponseRefused:
+    return ResponseRefused(
+        f"a response header line is {length} bytes, longer than max_header_line={limit}"
+    )
+
+
+def make_parser(
+    name: ParserName,
+    method: bytes,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+    max_header_line: int = DEFAULT_MAX_HEADER_LINE,
+) -> ResponseParser:
     """Return a fresh response parser.
 
     Args:
         name: Which parser: ``"auto"`` takes httptools when it is installed.
         method: The request method, which decides whether the response may have a body.
+        max_header_bytes: The most bytes the response head may take.
+        max_header_line: The most bytes one header line may take.
     """
     if name != "h11" and httptools is not None and method != b"HEAD":
-        return HttptoolsParser()
-    return H11Parser(method)
+        return HttptoolsParser(max_header_bytes, max_header_line)
+    return H11Parser(method, max_header_bytes, max_header_line)

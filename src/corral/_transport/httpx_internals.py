@@ -6,18 +6,59 @@ request a JSON adapter builds, and for the response corral's own transport parse
 value is already the bytes httpx2 would end up holding. These functions set the same
 attributes directly.
 
-They reach into httpx2's private attributes. `tests/transport/test_httpx_shortcuts.py` builds
-every object both ways and compares all their attributes, so that an httpx2 release that
-changes them fails there, not in a user's request.
+This is the one module in corral that touches httpx2's private names (attributes, and the
+proxy-environment helpers of ``httpx2._utils``). `tests/transport/test_httpx_shortcuts.py`
+builds every object both ways and compares all their attributes, so that an httpx2 release
+that changes them fails there, not in a user's request.
 """
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import TypeAlias, TypeVar
 
 import httpx2
+from httpx2._utils import URLPattern, get_environment_proxies
 
 _R = TypeVar("_R", bound=httpx2.Response)
+
+#: A pattern of origins and the proxy URL for them (None: no proxy), from the environment.
+EnvironmentProxy: TypeAlias = tuple[URLPattern, str | None]
+
+
+def environment_proxies() -> list[EnvironmentProxy]:
+    """Return the proxies ``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY`` and ``NO_PROXY`` set.
+
+    Most specific pattern first, in the order httpx2's own transport matches them; match a URL
+    with ``pattern.matches(url)``.
+    """
+    return sorted((URLPattern(pattern), url) for pattern, url in get_environment_proxies().items())
+
+
+def inner_stream(stream: object) -> object:
+    """Return the transport's stream inside *stream*, which ``httpx2.AsyncClient`` may wrap.
+
+    The client wraps a transport's stream to time the response; a stream it did not wrap is
+    returned as it is (``None`` if *stream* is another wrapper).
+
+    Args:
+        stream: A response's ``stream``.
+    """
+    return getattr(stream, "_stream", None)
+
+
+def set_read(response: httpx2.Response, body: bytes) -> None:
+    """Leave *response* as ``aread()`` leaves it after reading *body*: content, state, count.
+
+    The caller closes the stream.
+
+    Args:
+        response: A response whose body has not been read.
+        body: Its whole body, already decoded.
+    """
+    response._content = body
+    response.is_stream_consumed = True
+    response._num_bytes_downloaded = len(body)
+    response.is_closed = True
 
 
 def raw_headers(pairs: list[tuple[bytes, bytes]]) -> httpx2.Headers:
