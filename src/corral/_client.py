@@ -445,7 +445,12 @@ class Client:
             self._adaptive = AdaptiveLimiter(
                 self._adaptive_policy, self._limiter, clock=self._clock
             )
-        self._rate = RateLimiter(self._rate_policy, clock=self._clock)
+        self._rate = RateLimiter(
+            self._rate_policy,
+            clock=self._clock,
+            concurrency=self._max_concurrency,
+            max_pause=self._retry.max_retry_after,
+        )
         if self._breaker_policy is not None:
             self._breakers = BreakerRegistry(self._breaker_policy, clock=self._clock)
         if self._budget_policy is not None:
@@ -964,7 +969,7 @@ class Client:
         except _AttemptFailed as exc:
             outcome = exc.info.kind.value
             if rate is not None and permit is not None:
-                self._after_refusal(rate, permit, exc.info)
+                self._after_refusal(rate, permit, exc.info, prepared.request.id)
             raise
         except BaseException:
             # Cancellation, the deadline (or a bug) says nothing about the upstream: free the
@@ -1031,7 +1036,13 @@ class Client:
             try:
                 permit = None
                 if rate is not None:
-                    permit = await rate.acquire(prepared.input_estimate, prepared.max_output)
+                    admitted = await rate.admit(
+                        prepared.input_estimate, prepared.max_output, deadline
+                    )
+                    if isinstance(admitted, ErrorInfo):
+                        # A known pause or limit that this request cannot wait out: fail now.
+                        raise _AttemptFailed(admitted, final=True)
+                    permit = admitted
             except BaseException:
                 if breaker is not None and admission is not None:
                     breaker.release(admission)
@@ -1054,15 +1065,11 @@ class Client:
         info = _redacted(info, prepared.http)
         return Failure(prepared.request.id, info, attempts, self._clock() - start)
 
-    def _after_refusal(self, rate: RateLimiter, permit: Any, info: ErrorInfo) -> None:
-        if info.status_code == 429:
-            # A refused request used no tokens; and every worker waits out the same hint, but
-            # never longer than the policy would wait for one request: a hint of days (or of a
-            # date in 9999) would otherwise stall the whole batch until its deadlines.
-            rate.settle(permit, 0, 0)
-            if info.kind is ErrorKind.RATE_LIMITED:
-                hint = info.retry_after_s if info.retry_after_s is not None else 1.0
-                rate.cooldown(min(hint, self._retry.max_retry_after))
+    def _after_refusal(self, rate: RateLimiter, permit: Any, info: ErrorInfo, key: str) -> None:
+        if info.status_code == 429 and info.kind is ErrorKind.RATE_LIMITED:
+            # A refused request used no tokens; the limiter decides whether the refusal pauses
+            # every worker or only this request (which the retry hook delays by its hint).
+            rate.refused(permit, info.retry_after_s, key)
         elif info.status_code is not None:
             rate.settle(permit, 0, 0)
         else:
