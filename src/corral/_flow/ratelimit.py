@@ -1088,7 +1088,7 @@ class RateLimiter:
             return permit
         start = self._clock()
         self._waiting += 1
-        costs: Mapping[str, float] | None = None
+        costs: Mapping[str, float] = {}
         try:
             with waiter.scope if waiter is not None else _NO_SCOPE:
                 if waiter is not None:
@@ -1131,10 +1131,10 @@ class RateLimiter:
             self._waiting -= 1
             if waiter is not None:
                 self._waiters.discard(waiter)
-        if costs is None:
+        if waiter is not None and waiter.scope.cancelled_caught:
             # A pause that outlasts this request's deadline began while it waited (`_pause`
             # set the verdict and cancelled the wait).
-            assert waiter is not None and waiter.verdict is not None
+            assert waiter.verdict is not None
             self._refused_at_once += 1
             return waiter.verdict
         waited = max(self._clock() - start, 0.0)
