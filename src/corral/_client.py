@@ -1036,17 +1036,18 @@ class Client:
             try:
                 permit = None
                 if rate is not None:
-                    admitted = await rate.admit(
+                    permit = await rate.admit(
                         prepared.input_estimate, prepared.max_output, deadline
                     )
-                    if isinstance(admitted, ErrorInfo):
-                        # A known pause or limit that this request cannot wait out: fail now.
-                        raise _AttemptFailed(admitted, final=True)
-                    permit = admitted
             except BaseException:
                 if breaker is not None and admission is not None:
                     breaker.release(admission)
                 raise
+            if isinstance(permit, ErrorInfo):
+                # A known pause or limit that this request cannot wait out: fail now, unsent.
+                if breaker is not None and admission is not None:
+                    breaker.release(admission)
+                raise _AttemptFailed(permit, final=True)
             return admission, permit
         # The deadline passed while waiting (the scope swallowed it after the release above).
         raise _DeadlinePassed

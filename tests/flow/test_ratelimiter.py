@@ -333,12 +333,14 @@ async def test_a_pause_that_starts_while_requests_wait_fails_those_it_outlasts()
         limiter.cooldown(50.0)
     short, short_at = outcomes["short"]  # type: ignore[misc]
     long, long_at = outcomes["long"]  # type: ignore[misc]
-    assert isinstance(short, ErrorInfo) and short_at == pytest.approx(start + 0.5)
-    assert isinstance(long, Permit) and long_at >= start + 50.5
+    assert isinstance(short, ErrorInfo)
+    assert short_at == pytest.approx(start + 0.5)
+    assert isinstance(long, Permit)
+    assert long_at >= start + 50.5
 
 
 async def test_a_learned_limit_smaller_than_a_request_fails_it_and_is_reported() -> None:
-    """A learned tokens limit below one request's cost is a verdict naming the header, not a wait."""
+    """A learned limit below one request's cost is a verdict naming the header, not a wait."""
     limiter = RateLimiter(RateLimit(estimate_output=False))
     limiter.observe({"anthropic-ratelimit-tokens-limit": "50"}, 200)
     await limiter.acquire(10, 10)

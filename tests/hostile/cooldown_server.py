@@ -52,6 +52,7 @@ class CooldownServer:
     """
 
     __slots__ = (
+        "_seen",
         "arrivals",
         "headers",
         "latency",
@@ -61,7 +62,6 @@ class CooldownServer:
         "refuse_ids",
         "refuse_until",
         "retry_after",
-        "_seen",
     )
 
     def __init__(
@@ -177,9 +177,7 @@ def requests(count: int, **kwargs: Any) -> list[corral.ChatRequest]:
     ]
 
 
-async def per_request_retries(
-    app: Any, batch: list[corral.ChatRequest], concurrency: int
-) -> float:
+async def per_request_retries(app: Any, batch: list[corral.ChatRequest], concurrency: int) -> float:
     """Send `batch` as an SDK with per-request retries would; return the virtual seconds taken.
 
     The reference for throughput: `concurrency` workers each send a request, and on a 429
@@ -209,8 +207,8 @@ async def per_request_retries(
                     break
                 await anyio.sleep(float(response.headers.get("retry-after", "1")))
 
-    async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app)) as http:
-        async with anyio.create_task_group() as tg:
-            for _ in range(concurrency):
-                tg.start_soon(worker, http)
+    transport = httpx2.ASGITransport(app=app)
+    async with httpx2.AsyncClient(transport=transport) as http, anyio.create_task_group() as tg:
+        for _ in range(concurrency):
+            tg.start_soon(worker, http)
     return anyio.current_time() - start

@@ -122,7 +122,11 @@ def _check_counter(inst: object, attribute: attrs.Attribute[Any], value: object)
 
 def _check_refusals(inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
     check_number(
-        value, "RateLimit.pause_after_refusals", minimum=1, maximum=10_000, integer=True,
+        value,
+        "RateLimit.pause_after_refusals",
+        minimum=1,
+        maximum=10_000,
+        integer=True,
         optional=True,
     )
 
@@ -827,9 +831,7 @@ def _limit_header(headers: Mapping[str, str] | None, name: str) -> str:
     """Return the name of the header that announced limit `name` (OpenAI's or Anthropic's)."""
     dashed = name.replace("_", "-")
     openai = f"x-ratelimit-limit-{dashed}"
-    if headers is not None and (
-        openai in headers or any(key.lower() == openai for key in headers)
-    ):
+    if headers is not None and (openai in headers or any(key.lower() == openai for key in headers)):
         return openai
     return f"anthropic-ratelimit-{dashed}-limit" if headers is not None else openai
 
@@ -867,7 +869,8 @@ class _Refusals:
         return len({key for _, key, _ in recent}) >= self.needed
 
     def __repr__(self) -> str:
-        return f"<_Refusals needed={self.needed} window={self.window:g}s recent={len(self._recent)}>"
+        recent = len(self._recent)
+        return f"<_Refusals needed={self.needed} window={self.window:g}s recent={recent}>"
 
 
 class _Waiter:
