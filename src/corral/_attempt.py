@@ -512,7 +512,7 @@ class RequestPath:
                     self._timed_out(limit >= deadline)
         except AttemptFailed as exc:
             outcome = exc.info.kind.value
-            self._after_refusal(permit, exc.info)
+            self._after_refusal(permit, exc.info, prepared.request.id)
             raise
         except BaseException:
             # Cancellation, the deadline (or a bug) says nothing about the upstream: free the
@@ -554,12 +554,19 @@ class RequestPath:
                         final=True,
                     )
             try:
-                permit = await self._rate.acquire(prepared.input_estimate, prepared.max_output)
+                verdict = await self._rate.admit(
+                    prepared.input_estimate, prepared.max_output, state.deadline
+                )
             except BaseException:
                 if breaker is not None and admission is not None:
                     breaker.release(admission)
                 raise
-            return admission, permit
+            if isinstance(verdict, ErrorInfo):
+                # A known pause or limit that this request cannot wait out: fail now, unsent.
+                if breaker is not None and admission is not None:
+                    breaker.release(admission)
+                raise AttemptFailed(verdict, final=True)
+            return admission, verdict
         # The deadline passed while waiting (the scope swallowed it after the release above).
         raise DeadlinePassed
 
@@ -575,16 +582,12 @@ class RequestPath:
             )
         )
 
-    def _after_refusal(self, permit: Permit, info: ErrorInfo) -> None:
+    def _after_refusal(self, permit: Permit, info: ErrorInfo, key: str) -> None:
         rate = self._rate
-        if info.status_code == 429:
-            # A refused request used no tokens; and every worker waits out the same hint, but
-            # never longer than the policy would wait for one request: a hint of days (or of a
-            # date in 9999) would otherwise stall the whole batch until its deadlines.
-            rate.settle(permit, 0, 0)
-            if info.kind is ErrorKind.RATE_LIMITED:
-                hint = info.retry_after_s if info.retry_after_s is not None else 1.0
-                rate.cooldown(min(hint, self._retry.max_retry_after))
+        if info.status_code == 429 and info.kind is ErrorKind.RATE_LIMITED:
+            # A refused request used no tokens; the limiter decides whether the refusal pauses
+            # every worker or only this request (which the retry hook delays by its hint).
+            rate.refused(permit, info.retry_after_s, key)
         elif info.status_code is not None:
             rate.settle(permit, 0, 0)
         else:

@@ -353,7 +353,12 @@ class Client:
         clock = anyio.lowlevel.current_token().backend_class.current_time
         limiter = self._limiter = anyio.CapacityLimiter(self._max_concurrency)
         layers = self._layers = _Layers(
-            rate=RateLimiter(self._rate_policy, clock=clock),
+            rate=RateLimiter(
+                self._rate_policy,
+                clock=clock,
+                concurrency=self._max_concurrency,
+                max_pause=self._retry.max_retry_after,
+            ),
             breakers=(
                 BreakerRegistry(self._breaker_policy, clock=clock)
                 if self._breaker_policy is not None

@@ -8,10 +8,13 @@ from collections.abc import Callable
 
 import anyio
 import anyio.lowlevel
+import httpx2
 import pytest
 
 from corral import LimitInfo, RateLimitHeaders
-from corral._flow.ratelimit import RateLimit, RateLimiter
+from corral._flow.ratelimit import Permit, RateLimit, RateLimiter
+from corral._models import ErrorInfo, ErrorKind
+from corral.providers._headers import read_rate_limits
 
 pytestmark = [pytest.mark.anyio, pytest.mark.virtual_time]
 
@@ -251,3 +254,99 @@ async def test_statistics_and_repr_describe_the_limiter() -> None:
     assert "requests=60/min" in repr(limiter)
     assert "tokens=110" in repr(permit)
     assert not permit.settled
+
+
+async def test_a_lone_refusal_pauses_nobody_and_several_distinct_ones_pause_everyone() -> None:
+    """One 429 (or one request refused again and again) admits the next at once; four pause."""
+    limiter = RateLimiter(RateLimit(pause_after_refusals=4))
+    start = anyio.current_time()
+    for _ in range(3):
+        assert not limiter.refused(await limiter.acquire(), 30.0, "same")
+    for _ in range(3):
+        await limiter.acquire()
+    assert anyio.current_time() == start
+    assert limiter.statistics().cooldowns == 0
+    paused = [limiter.refused(await limiter.acquire(), 30.0, key) for key in ("a", "b", "c")]
+    assert paused == [False, False, True]  # "same", "a", "b", "c": four distinct requests
+    await limiter.acquire()
+    assert anyio.current_time() - start == pytest.approx(30.0)
+    stats = limiter.statistics()
+    assert stats.cooldowns == 1
+    assert stats.refused == 6
+
+
+async def test_refusals_diluted_by_answers_or_too_old_never_pause() -> None:
+    """Refusals below half of the latest answers, or older than the window, do not pause."""
+    limiter = RateLimiter(RateLimit(pause_after_refusals=3, refusal_window=5.0))
+    for n in range(12):
+        permit = await limiter.acquire()
+        if n % 3 == 0:
+            assert not limiter.refused(permit, 1.0, f"r{n}")
+        else:
+            limiter.settle(permit, 1, 1)
+    for key in ("x", "y"):
+        assert not limiter.refused(await limiter.acquire(), 1.0, key)
+        await anyio.sleep(6.0)
+    assert not limiter.refused(await limiter.acquire(), 1.0, "z")
+    assert limiter.statistics().cooldowns == 0
+
+
+async def test_admit_fails_at_once_when_a_pause_outlasts_the_deadline() -> None:
+    """A pause past a waiter's deadline (or past max_pause) is a rate_limited verdict, unsent."""
+    limiter = RateLimiter(RateLimit(), max_pause=120.0)
+    start = anyio.current_time()
+    limiter.cooldown(60.0)
+    verdict = await limiter.admit(deadline=start + 30.0)
+    assert isinstance(verdict, ErrorInfo)
+    assert verdict.kind is ErrorKind.RATE_LIMITED
+    assert verdict.retry_after_s == pytest.approx(60.0)
+    assert anyio.current_time() == start
+    permit = await limiter.admit(deadline=start + 90.0)  # within its deadline: it waits
+    assert isinstance(permit, Permit)
+    assert anyio.current_time() - start == pytest.approx(60.0)
+    limiter.cooldown(600.0)
+    verdict = await limiter.admit(deadline=math.inf)
+    assert isinstance(verdict, ErrorInfo)
+    assert "max_retry_after" in verdict.message
+    assert limiter.statistics().refused_at_once == 2
+
+
+async def test_a_pause_that_starts_while_requests_wait_fails_those_it_outlasts() -> None:
+    """Queued waiters whose deadline a new pause outlasts fail at once; the others keep waiting."""
+    limiter = RateLimiter(RateLimit(requests_per_minute=60))
+    start = anyio.current_time()
+    await limiter.acquire()
+    outcomes: dict[str, object] = {}
+
+    async def waiter(name: str, deadline: float) -> None:
+        outcomes[name] = (await limiter.admit(deadline=start + deadline), anyio.current_time())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter, "short", 20.0)
+        await anyio.lowlevel.checkpoint()
+        tg.start_soon(waiter, "long", 100.0)
+        await anyio.sleep(0.5)
+        limiter.cooldown(50.0)
+    short, short_at = outcomes["short"]  # type: ignore[misc]
+    long, long_at = outcomes["long"]  # type: ignore[misc]
+    assert isinstance(short, ErrorInfo)
+    assert short_at == pytest.approx(start + 0.5)
+    assert isinstance(long, Permit)
+    assert long_at >= start + 50.5
+
+
+async def test_a_learned_limit_smaller_than_a_request_fails_it_and_is_reported() -> None:
+    """A learned limit below one request's cost is a verdict naming the header, not a wait."""
+    limiter = RateLimiter(RateLimit(estimate_output=False))
+    limiter.observe(
+        read_rate_limits(httpx2.Headers({"anthropic-ratelimit-tokens-limit": "50"})), 200
+    )
+    await limiter.acquire(10, 10)
+    verdict = await limiter.admit(100, 100)
+    assert isinstance(verdict, ErrorInfo)
+    assert "anthropic-ratelimit-tokens-limit" in verdict.message
+    assert verdict.retry_after_s is None
+    assert limiter.statistics().too_small == {"tokens": 50.0}
+    assert isinstance(await limiter.admit(10, 10), Permit)  # small ones still go, paced
+    configured = RateLimiter(RateLimit(tokens_per_minute=50, estimate_output=False))
+    assert isinstance(await configured.admit(100, 100), Permit)  # the user's own limit: waits

@@ -12,8 +12,8 @@ reproducible whatever the interleaving:
 Choices that keep the run short:
 
 - The retry hint is 10 ms (``retry-after-ms: 10``; ``Retry-After`` itself can only say whole
-  seconds). corral pauses *every* worker on a 429 until the hinted reset (the shared cooldown),
-  so 1,000 429s at the usual one second could stall a 100k run for a quarter of an hour.
+  seconds). Each refused request waits out its hint, and a wave of 429s pauses *every* worker
+  until it (the shared cooldown), so long hints would only make the run slower.
 - ``request_timeout`` is 1 s, so a stall costs one slot for one second. Slots are not the
   bottleneck (the CPU is), so stalls cost almost no throughput. A spurious timeout on a loaded
   machine is only one more retry.

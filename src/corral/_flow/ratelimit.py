@@ -34,7 +34,10 @@ what makes it testable without a loop and lets trio's ``MockClock`` drive the ad
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -43,12 +46,20 @@ import anyio.lowlevel
 import attrs
 
 from .._errors import ConfigurationError, ConfigurationTypeError, check_number, check_type
-from .._models import LimitInfo, RateLimitHeaders
+from .._models import ErrorInfo, ErrorKind, LimitInfo, RateLimitHeaders
+
+_log = logging.getLogger("corral")
 
 __all__ = ["RateLimit", "RateLimiterStatistics"]
 
 #: The limits corral paces, in the order they are reported.
 LIMIT_NAMES: Final = ("requests", "tokens", "input_tokens", "output_tokens")
+_UNITS: Final = {
+    "requests": "requests",
+    "tokens": "tokens",
+    "input_tokens": "input tokens",
+    "output_tokens": "output tokens",
+}
 
 # Admission tolerates this much float error, in seconds, so that a waiter who slept exactly the
 # wait it was told is admitted on waking instead of being told to wait a few ulps more.
@@ -59,7 +70,11 @@ _EPSILON: Final = 1e-9
 # the TAT's sums and in the clock) and `_EPSILON` can never pull it inside.
 _RATE_MARGIN: Final = 1e-7
 
-# A hostile or broken cooldown is clamped to this, never trusted blindly.
+# What `RateLimiter._acquire` enters when it has no waiter to cancel.
+_NO_SCOPE: Final = contextlib.nullcontext()
+
+# Hostile or broken headers are clamped to these, never trusted blindly.
+_MAX_LIMIT: Final = 1e12
 _MAX_RESET_S: Final = 86_400.0
 
 
@@ -92,6 +107,21 @@ def _check_counter(inst: object, attribute: attrs.Attribute[Any], value: object)
             f"RateLimit.token_counter must be a function of the prompt text or None, "
             f"got {type(value).__name__}"
         )
+
+
+def _check_refusals(inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    check_number(
+        value,
+        "RateLimit.pause_after_refusals",
+        minimum=1,
+        maximum=10_000,
+        integer=True,
+        optional=True,
+    )
+
+
+def _check_window(inst: object, attribute: attrs.Attribute[float], value: float) -> None:
+    check_number(value, "RateLimit.refusal_window", minimum=0, maximum=_MAX_RESET_S, above=True)
 
 
 @attrs.frozen
@@ -128,6 +158,13 @@ class RateLimit:
             landing on a full cell are lost, which can keep the real token rate far below the
             limit.
         token_counter: Counts the tokens of a prompt text; defaults to `default_token_counter`.
+        pause_after_refusals: How many distinct requests must be refused (429) for the whole
+            client to pause until the server's hint, the refusals being at least half of the
+            latest ``2 * pause_after_refusals`` answers and none older than
+            ``refusal_window``. None (the default) takes a quarter of the client's
+            concurrency, at least 2 and at most 32. A refusal short of that delays only its
+            own request (by its hint) and spends the burst credit of the known limits.
+        refusal_window: Seconds after which a refusal no longer counts towards a pause.
     """
 
     requests_per_minute: float | None = attrs.field(default=None, validator=_optional_rate)
@@ -140,6 +177,8 @@ class RateLimit:
     token_counter: Callable[[str], int] | None = attrs.field(
         default=None, eq=False, validator=_check_counter
     )
+    pause_after_refusals: int | None = attrs.field(default=None, validator=_check_refusals)
+    refusal_window: float = attrs.field(default=10.0, validator=_check_window)
 
     def limits(self) -> dict[str, float]:
         """Return the configured per-minute limits by name, leaving out the unset ones."""
@@ -382,9 +421,11 @@ class _RateLimiterCore:
         "_configured",
         "_estimate_output",
         "_learn",
+        "_learned_from",
         "learned",
         "output_ratio",
         "paused_until",
+        "too_small",
     )
 
     def __init__(self, policy: RateLimit) -> None:
@@ -394,6 +435,12 @@ class _RateLimiterCore:
         self._configured = policy.limits()
         self._cells = {name: _GCRA(rate, policy.burst) for name, rate in self._configured.items()}
         self.learned: dict[str, LimitInfo] = {}
+        # The header each learned limit in force came from, where it binds (below the
+        # configured one, or none configured): a request that needs more than a whole minute of
+        # it is refused at once (`too_small_for`), naming that header.
+        self._learned_from: dict[str, str] = {}
+        # Learned limits found smaller than a request needed, by name: their per-minute value.
+        self.too_small: dict[str, float] = {}
         self.paused_until = -math.inf
         self.output_ratio = _OutputRatio()
 
@@ -455,7 +502,31 @@ class _RateLimiterCore:
             cell.empty_until(until)
         return True
 
-    def learn(self, now: float, info: RateLimitHeaders, status: int) -> float | None:
+    def slow_down(self, now: float) -> None:
+        """Spend the burst credit of every cell: admission goes on at the sustained pace only."""
+        for cell in self._cells.values():
+            cell.cap_available(now, 0.0)
+
+    def too_small_for(self, costs: Mapping[str, float]) -> tuple[str, str, float, float] | None:
+        """Return the learned limit a request needs more of than a whole minute holds, or None.
+
+        The result is the limit's name, the header it was learned from, its per-minute value
+        and what the request needs. Configured limits are never judged: they are the user's.
+        """
+        for name, header in self._learned_from.items():
+            cost = costs.get(name, 0.0)
+            per_minute = self._cells[name].per_minute
+            if cost > per_minute:
+                return name, header, per_minute, cost
+        return None
+
+    def learn(
+        self,
+        now: float,
+        info: RateLimitHeaders,
+        status: int,
+        headers: Mapping[str, str] | None = None,
+    ) -> float | None:
         """Apply what a response said; return a cooldown end time if the response asks for one."""
         if not self._learn:
             return None
@@ -475,6 +546,10 @@ class _RateLimiterCore:
                     self._cells[name] = cell = _GCRA(per_minute, self._burst)
                 else:
                     cell.set_rate(now, per_minute)
+                if configured is None or limit.limit < configured:
+                    self._learned_from[name] = _limit_header(headers, name)
+                else:
+                    self._learned_from.pop(name, None)
             cell = self._cells.get(name)
             if cell is not None and limit.remaining is not None:
                 cell.cap_available(now, limit.remaining)
@@ -483,6 +558,70 @@ class _RateLimiterCore:
                 end = now + limit.reset
                 cooldown = end if cooldown is None else max(cooldown, end)
         return cooldown
+
+
+def _limit_header(headers: Mapping[str, str] | None, name: str) -> str:
+    """Return the name of the header that announced limit `name` (OpenAI's or Anthropic's)."""
+    dashed = name.replace("_", "-")
+    openai = f"x-ratelimit-limit-{dashed}"
+    if headers is not None and (openai in headers or any(key.lower() == openai for key in headers)):
+        return openai
+    anthropic = f"anthropic-ratelimit-{dashed}-limit"
+    if headers is None:
+        # Parsed headers no longer say which API named the limit: name both spellings.
+        return f"{openai} or {anthropic}"
+    return anthropic
+
+
+class _Refusals:
+    """The evidence that a server's shared limit is spent: recent 429s among recent answers.
+
+    The rule: the limit is spent when, among the latest ``2 * needed`` answers (every settled
+    attempt, refused or not), at least ``needed`` distinct requests were refused, none of those
+    refusals older than ``window`` seconds. So refusals must be at least half of what the
+    server answered lately, from several requests: a server refusing a few percent of requests
+    at random (shedding load) never trips it, one refusing nearly everything trips it within
+    about ``needed`` answers.
+    """
+
+    __slots__ = ("_recent", "answers", "needed", "window")
+
+    def __init__(self, needed: int, window: float) -> None:
+        self.needed = needed
+        self.window = window
+        self.answers = 0
+        # (time, request key, answer number) of each refusal still in the window.
+        self._recent: deque[tuple[float, object, int]] = deque()
+
+    def refused(self, now: float, key: object) -> bool:
+        """Record a refusal, counted as an answer already; return whether the limit is spent."""
+        recent = self._recent
+        recent.append((now, object() if key is None else key, self.answers))
+        oldest_time = now - self.window
+        oldest_answer = self.answers - 2 * self.needed
+        while recent and (recent[0][0] < oldest_time or recent[0][2] <= oldest_answer):
+            recent.popleft()
+        if len(recent) < self.needed:
+            return False
+        return len({key for _, key, _ in recent}) >= self.needed
+
+    def __repr__(self) -> str:
+        recent = len(self._recent)
+        return f"<_Refusals needed={self.needed} window={self.window:g}s recent={recent}>"
+
+
+class _Waiter:
+    """A request queued for admission with a deadline, cancelled at once if a pause outlasts it."""
+
+    __slots__ = ("deadline", "scope", "verdict")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.scope = anyio.CancelScope()
+        self.verdict: ErrorInfo | None = None
+
+    def __repr__(self) -> str:
+        return f"<_Waiter deadline={self.deadline!r} verdict={self.verdict!r}>"
 
 
 class _Head:
@@ -539,6 +678,11 @@ class RateLimiterStatistics:
         limits: The per-minute limits in force, by name (configured or learned, the lower).
         learned: What the server last said about each limit.
         output_ratio: The share of ``max_tokens`` reserved for output (1.0: all of it).
+        refused: 429s recorded (each refused attempt once).
+        refused_at_once: Requests failed as ``rate_limited`` without being sent: a pause in
+            force outlasted their deadline, or a learned limit was too small for them.
+        too_small: Learned limits smaller than a request needed (the request failed at once),
+            by name: the per-minute value the server announced.
     """
 
     admitted: int
@@ -550,6 +694,9 @@ class RateLimiterStatistics:
     limits: Mapping[str, float]
     learned: Mapping[str, LimitInfo]
     output_ratio: float
+    refused: int = 0
+    refused_at_once: int = 0
+    too_small: Mapping[str, float] = attrs.field(factory=dict)
 
 
 class RateLimiter:
@@ -557,15 +704,29 @@ class RateLimiter:
 
     The client calls, per HTTP attempt:
 
-    1. ``permit = await limiter.acquire(input_tokens, max_tokens)`` before sending;
+    1. ``permit = await limiter.admit(input_tokens, max_tokens, deadline)`` before sending
+       (an `ErrorInfo` instead of a permit: fail the request at once, unsent);
     2. ``limiter.observe(read_rate_limits(response.headers), response.status_code)`` on every
        response;
-    3. ``limiter.cooldown(seconds)`` when a 429 (or 503/529 with a hint) asks to wait;
-    4. ``limiter.settle(permit, actual_input, actual_output)`` once the usage is known.
+    3. ``limiter.refused(permit, retry_after_s, request_id)`` when a 429 refused it;
+    4. ``limiter.settle(permit, actual_input, actual_output)`` otherwise, once the usage is
+       known.
+
+    The shared cooldown (a pause of every admission) starts only on evidence that the server's
+    shared limit is spent: a 429 whose headers show a limit at zero with its reset time, or
+    refusals from several distinct requests making up half the latest answers (see
+    `RateLimit.pause_after_refusals`). A lone 429 delays its own request by its hint (the
+    retry policy's wait) and spends the burst credit of the known limits; the rest of the
+    fleet goes on.
 
     Args:
         policy: The limits to pace by.
         clock: Returns the current time in seconds; defaults to `anyio.current_time`.
+        concurrency: The most requests the client has in flight, which sizes the refusal
+            evidence when the policy leaves ``pause_after_refusals`` unset.
+        max_pause: The longest pause a request waits out (the retry policy's
+            ``max_retry_after``); `admit` fails a request at once when the pause in force is
+            longer, or outlasts its deadline.
     """
 
     __slots__ = (
@@ -577,15 +738,35 @@ class RateLimiter:
         "_delayed",
         "_head",
         "_lock",
+        "_max_pause",
         "_policy",
+        "_refusals",
+        "_refused",
+        "_refused_at_once",
         "_wait_seconds",
+        "_waiters",
         "_waiting",
     )
 
-    def __init__(self, policy: RateLimit, *, clock: Callable[[], float] = anyio.current_time):
+    def __init__(
+        self,
+        policy: RateLimit,
+        *,
+        clock: Callable[[], float] = anyio.current_time,
+        concurrency: int = 64,
+        max_pause: float = math.inf,
+    ):
         self._policy = policy
         self._core = _RateLimiterCore(policy)
         self._clock = clock
+        needed = policy.pause_after_refusals
+        if needed is None:
+            needed = min(max(math.ceil(max(concurrency, 1) / 4), 2), 32)
+        self._refusals = _Refusals(needed, policy.refusal_window)
+        self._max_pause = max_pause
+        self._waiters: set[_Waiter] = set()
+        self._refused = 0
+        self._refused_at_once = 0
         self._lock = anyio.Lock()
         self._changed: anyio.Event | None = None
         self._head: _Head | None = None
@@ -604,56 +785,154 @@ class RateLimiter:
         """Wait until one request of this size may be sent, and reserve it.
 
         Waiters are admitted in arrival order. Cancelling a waiter leaves the limiter as it was.
+        Unlike `admit`, this never gives up: it waits out any pause and any limit.
 
         Args:
             input_tokens: The estimated prompt tokens (see `RateLimit.count_tokens`).
             max_output_tokens: The most output tokens the request may produce (its
                 ``max_tokens``), 0 if unknown.
         """
+        permit = await self._acquire(input_tokens, max_output_tokens, None)
+        assert isinstance(permit, Permit)  # no waiter, no verdict
+        return permit
+
+    async def admit(
+        self, input_tokens: int = 0, max_output_tokens: int = 0, deadline: float = math.inf
+    ) -> Permit | ErrorInfo:
+        """Wait until one request may be sent and reserve it, or say at once why it cannot be.
+
+        Like `acquire`, but returns a ``rate_limited`` `ErrorInfo` (the request is not sent)
+        instead of waiting for nothing: when the pause in force ends after `deadline` or
+        lasts longer than ``max_pause`` (its ``retry_after_s`` is the pause left), also when
+        such a pause starts while the request waits; and when the request needs more of a
+        learned limit than a whole minute of it (no ``retry_after_s``: waiting cannot help).
+
+        Args:
+            input_tokens: The estimated prompt tokens (see `RateLimit.count_tokens`).
+            max_output_tokens: The most output tokens the request may produce, 0 if unknown.
+            deadline: The time, on the limiter's clock, by which the request must be sent.
+        """
+        return await self._acquire(input_tokens, max_output_tokens, _Waiter(deadline))
+
+    async def _acquire(
+        self, input_tokens: int, max_output_tokens: int, waiter: _Waiter | None
+    ) -> Permit | ErrorInfo:
         input_tokens = max(int(input_tokens), 0)
         max_output_tokens = max(int(max_output_tokens), 0)
         await anyio.lowlevel.checkpoint_if_cancelled()
+        if waiter is not None:
+            verdict = self._verdict(self._clock(), input_tokens, max_output_tokens, waiter)
+            if verdict is not None:
+                return verdict
         permit = self.acquire_nowait(input_tokens, max_output_tokens)
         if permit is not None:
             return permit
         start = self._clock()
         self._waiting += 1
+        costs: Mapping[str, float] = {}
         try:
-            async with self._lock:
-                head = self._head = _Head(input_tokens, max_output_tokens)
-                costs: Mapping[str, float]
-                try:
-                    while True:
+            with waiter.scope if waiter is not None else _NO_SCOPE:
+                if waiter is not None:
+                    self._waiters.add(waiter)
+                async with self._lock:
+                    head = self._head = _Head(input_tokens, max_output_tokens)
+                    try:
+                        while True:
+                            if head.granted is not None:
+                                costs = head.granted
+                                break
+                            now = self._clock()
+                            if waiter is not None:
+                                verdict = self._verdict(
+                                    now, input_tokens, max_output_tokens, waiter
+                                )
+                                if verdict is not None:
+                                    return verdict
+                            # Priced at admission, not on arrival: the output ratio learned
+                            # while this request queued applies to it (else a queue that filled
+                            # before the first answers settled would all reserve the whole
+                            # max_tokens).
+                            costs = self._core.costs(input_tokens, max_output_tokens)
+                            wait = self._core.try_acquire(now, costs)
+                            if wait == 0.0:
+                                break
+                            if self._changed is None:
+                                self._changed = anyio.Event()
+                            with anyio.move_on_after(wait):
+                                await self._changed.wait()
+                    except BaseException:
                         if head.granted is not None:
-                            costs = head.granted
-                            break
-                        now = self._clock()
-                        # Priced at admission, not on arrival: the output ratio learned while
-                        # this request queued applies to it (else a queue that filled before the
-                        # first answers settled would all reserve the whole max_tokens).
-                        costs = self._core.costs(input_tokens, max_output_tokens)
-                        wait = self._core.try_acquire(now, costs)
-                        if wait == 0.0:
-                            break
-                        if self._changed is None:
-                            self._changed = anyio.Event()
-                        with anyio.move_on_after(wait):
-                            await self._changed.wait()
-                except BaseException:
-                    if head.granted is not None:
-                        # Admitted by a settle but cancelled before it could go: give it back.
-                        self._core.release(self._clock(), head.granted)
-                    raise
-                finally:
-                    self._head = None
+                            # Admitted by a settle but cancelled before it could go: give it
+                            # back.
+                            self._core.release(self._clock(), head.granted)
+                        raise
+                    finally:
+                        self._head = None
         finally:
             self._waiting -= 1
+            if waiter is not None:
+                self._waiters.discard(waiter)
+        if waiter is not None and waiter.scope.cancelled_caught:
+            # A pause that outlasts this request's deadline began while it waited (`_pause`
+            # set the verdict and cancelled the wait).
+            assert waiter.verdict is not None
+            self._refused_at_once += 1
+            return waiter.verdict
         waited = max(self._clock() - start, 0.0)
         self._admitted += 1
         if waited > 0:
             self._delayed += 1
             self._wait_seconds += waited
         return Permit(costs, waited, max_output_tokens)
+
+    def _verdict(
+        self, now: float, input_tokens: int, max_output_tokens: int, waiter: _Waiter
+    ) -> ErrorInfo | None:
+        """Return why a request cannot be admitted in time, or None if it may wait."""
+        verdict = self._pause_verdict(now, waiter.deadline)
+        if verdict is None:
+            costs = self._core.costs(input_tokens, max_output_tokens)
+            found = self._core.too_small_for(costs)
+            if found is None:
+                return None
+            name, header, per_minute, cost = found
+            if name not in self._core.too_small:
+                self._core.too_small[name] = per_minute
+                _log.warning(
+                    "the server's %s header says %g per minute, less than a request needs "
+                    "(%g): such requests fail at once as rate_limited; "
+                    "RateLimit(learn_from_headers=False) ignores the header",
+                    header,
+                    per_minute,
+                    cost,
+                )
+            verdict = ErrorInfo(
+                ErrorKind.RATE_LIMITED,
+                f"not sent: the server's {header} header says {per_minute:g} {_UNITS[name]} "
+                f"per minute, and this request needs {cost:g}",
+                retryable=False,
+            )
+        self._refused_at_once += 1
+        return verdict
+
+    def _pause_verdict(self, now: float, deadline: float) -> ErrorInfo | None:
+        """Return a ``rate_limited`` verdict if the pause in force outlasts `deadline`."""
+        left = self._core.paused_until - now
+        if left <= _EPSILON:
+            return None
+        if left > self._max_pause:
+            beyond = f"longer than max_retry_after ({self._max_pause:g}s)"
+        elif now + left > deadline:
+            beyond = "past this request's deadline"
+        else:
+            return None
+        return ErrorInfo(
+            ErrorKind.RATE_LIMITED,
+            f"not sent: every request is paused for {left:.3g}s more (the server's rate limit "
+            f"is spent), {beyond}",
+            retryable=True,
+            retry_after_s=left,
+        )
 
     def acquire_nowait(
         self, input_tokens: int = 0, max_output_tokens: int = 0, now: float | None = None
@@ -701,6 +980,7 @@ class RateLimiter:
         if permit._settled:
             return
         permit._settled = True
+        self._refusals.answers += 1
         if input_tokens is None and output_tokens is None:
             return
         used_in = max(int(input_tokens or 0), 0)
@@ -736,18 +1016,59 @@ class RateLimiter:
             return
         now = self._clock()
         until = self._core.learn(now, info, status)
-        if until is not None and self._core.pause(until):
-            self._cooldowns += 1
+        if until is not None:
+            self._pause(now, until)
         self._wake()
+
+    def refused(self, permit: Permit, retry_after_s: float | None, key: object = None) -> bool:
+        """Record that the server refused a permit's request with a 429; return if all pause.
+
+        The permit is settled as unused. When the refusals are evidence that the shared limit
+        is spent (see `_Refusals`), every admission pauses for the hint (1 second without one);
+        otherwise only the refused request waits (its retry policy sleeps the hint) and the
+        burst credit of the known limits is spent, so admission goes on at the paced rate.
+
+        Args:
+            permit: The refused attempt's permit.
+            retry_after_s: The server's retry hint in seconds, or None.
+            key: What identifies the request across its attempts (its id): refusals count
+                once per request.
+        """
+        self.settle(permit, 0, 0)
+        self._refused += 1
+        now = self._clock()
+        if self._refusals.refused(now, key):
+            hint = retry_after_s if retry_after_s is not None and retry_after_s > 0 else 1.0
+            if math.isfinite(hint):
+                return self._pause(now, now + min(hint, _MAX_RESET_S))
+        self._core.slow_down(now)
+        return False
+
+    def _pause(self, now: float, until: float) -> bool:
+        """Pause every admission until `until`; fail at once the waiters it would outlast."""
+        fresh = self._core.paused_until <= now
+        if not self._core.pause(until):
+            return False
+        if fresh:
+            # Extending the pause in force (more refusals of the same wave) starts none.
+            self._cooldowns += 1
+        for waiter in self._waiters:
+            if waiter.verdict is None:
+                waiter.verdict = self._pause_verdict(now, waiter.deadline)
+                if waiter.verdict is not None:
+                    waiter.scope.cancel()
+        self._wake()
+        return True
 
     def cooldown(self, seconds: float) -> None:
         """Pause admission for every waiter for `seconds` from now (a shared cooldown).
 
-        Called when a 429 arrives, with the server's retry hint: every worker waits for the
-        same reset instead of retrying on its own, so there is no thundering herd. When the
-        pause ends, admission restarts paced, not in a burst. A shorter cooldown than the one
-        in force changes nothing. Hostile values (negative, NaN) are ignored; longer than a day
-        is clamped to a day.
+        `refused` and `observe` start one when the evidence says the server's shared limit is
+        spent: every worker waits for the same reset instead of retrying on its own, so there
+        is no thundering herd. When the pause ends, admission restarts paced, not in a burst.
+        A shorter cooldown than the one in force changes nothing. Waiters of `admit` whose
+        deadline (or ``max_pause``) the pause outlasts fail at once. Hostile values (negative,
+        NaN) are ignored; longer than a day is clamped to a day.
 
         Args:
             seconds: How long to pause.
@@ -755,8 +1076,8 @@ class RateLimiter:
         if not isinstance(seconds, int | float) or not seconds > 0:
             return
         seconds = min(float(seconds), _MAX_RESET_S)
-        if self._core.pause(self._clock() + seconds):
-            self._cooldowns += 1
+        now = self._clock()
+        self._pause(now, now + seconds)
 
     def statistics(self) -> RateLimiterStatistics:
         """Return a snapshot of the limiter's counters and learned limits."""
@@ -771,6 +1092,9 @@ class RateLimiter:
             limits=self._core.limits(),
             learned=dict(self._core.learned),
             output_ratio=(self._core.output_ratio.value if self._policy.estimate_output else 1.0),
+            refused=self._refused,
+            refused_at_once=self._refused_at_once,
+            too_small=dict(self._core.too_small),
         )
 
     def __repr__(self) -> str:

@@ -14,8 +14,9 @@ from typing import Final, Literal, Protocol
 import h11
 import httpx2
 
+from .._errors import ResponseRefused
 from .httpx_internals import header_fields
-from .limits import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADER_LINE, ResponseRefused
+from .limits import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADER_LINE
 
 try:
     import httptools
