@@ -59,6 +59,9 @@ from .providers._base import (
     Provider,
     ProviderError,
     StreamingProvider,
+    may_be_billed,
+    token_bounds,
+    usage_problem,
 )
 
 __all__ = ["Client", "ClientStatistics", "ResultStream"]
@@ -145,7 +148,7 @@ class _Tries(Generic[T]):
 class _Prepared:
     """A request with its HTTP request built once, for every attempt, and its size estimate."""
 
-    __slots__ = ("http", "input_estimate", "max_output", "mode", "request")
+    __slots__ = ("http", "input_estimate", "max_output", "mode", "request", "reservation")
 
     def __init__(self, request: AnyRequest, http: httpx2.Request, mode: int) -> None:
         self.request = request
@@ -153,6 +156,7 @@ class _Prepared:
         self.mode = mode
         self.input_estimate = 0
         self.max_output = 0
+        self.reservation: Reservation | None = None
 
     def __repr__(self) -> str:
         return f"<_Prepared {self.request.id!r} mode={self.mode}>"
@@ -731,12 +735,12 @@ class Client:
         if budget is None:
             return None
         request = prepared.request
-        tokens = prepared.input_estimate + prepared.max_output
-        worst = self._pricing.worst_case_cost(
-            request.model, prepared.input_estimate, prepared.max_output or None
-        )
+        max_input, max_output = token_bounds(self._provider, request, prepared.http)
+        worst = self._pricing.worst_case_cost(request.model, max_input, max_output)
+        tokens = max_input + (max_output or 0)
         reservation = None if budget.exhausted else await budget.reserve(worst, tokens)
         if reservation is not None:
+            prepared.reservation = reservation
             return reservation
         policy = self._budget_policy
         if worst is None and policy is not None and policy.max_cost_usd is not None:
@@ -755,16 +759,22 @@ class Client:
             return
         if isinstance(result, Completion | EmbeddingResult):
             budget.settle(reservation, result.cost_usd, result.usage.total_tokens)
-        elif isinstance(result, Failure) and (
-            result.attempts == 0
-            or (result.error.status_code is not None and not 200 <= result.error.status_code < 300)
-        ):
-            # Refused before sending, or answered with an error status: nothing was billed.
-            budget.release(reservation)
         else:
-            # A timeout, a broken connection or a 2xx whose body could not be read may still
-            # have been billed: count the worst case.
-            budget.settle(reservation, None, reservation.tokens)
+            # Each attempt that may have been billed was charged its worst case as it ended
+            # (_counted); what is still held was not spent.
+            budget.release(reservation)
+
+    def _bill_attempt(self, reservation: Reservation) -> None:
+        assert self._budget is not None
+        self._budget.bill_attempt(reservation)
+
+    async def _extend_budget(self, reservation: Reservation) -> None:
+        """Hold another worst case before a retry, or fail the request as budget_exhausted."""
+        budget = self._budget
+        assert budget is not None
+        if not await budget.extend(reservation):
+            why = f"the budget cannot fit another attempt ({budget.statistics()!r})"
+            raise _AttemptFailed(ErrorInfo(ErrorKind.BUDGET_EXHAUSTED, why), final=True)
 
     def _priced(self, value: _Success, requested_model: str) -> _Success:
         cost = self._pricing.cost(value.model or requested_model, value.usage)
@@ -929,6 +939,9 @@ class Client:
             now: The clock's reading, when the caller took it just now (the first attempt).
         """
         prepared = tries.prepared
+        reservation = prepared.reservation
+        if reservation is not None and not reservation.held:
+            await self._extend_budget(reservation)
         breaker = tries.breaker
         rate = self._rate
         admission: Admission | None = None
@@ -961,12 +974,17 @@ class Client:
                     value = await tries.attempt()
                 if scope.cancelled_caught:
                     _timed_out(deadline_passed=limit >= deadline, request_timeout=request_timeout)
+            _check_usage(self._provider, prepared, value)
         except _AttemptFailed as exc:
             outcome = exc.info.kind.value
+            if reservation is not None and may_be_billed(exc.info, exc.__cause__):
+                self._bill_attempt(reservation)
             if rate is not None and permit is not None:
                 self._after_refusal(rate, permit, exc.info)
             raise
         except BaseException:
+            if reservation is not None:
+                self._bill_attempt(reservation)  # cut off after sending: it may be billed
             # Cancellation, the deadline (or a bug) says nothing about the upstream: free the
             # probe slot without an outcome, and teach the concurrency controller nothing.
             if breaker is not None and admission is not None:
@@ -1251,6 +1269,16 @@ def _finished(
 _FIELD_NAMES: Final[dict[type, tuple[str, ...]]] = {
     cls: tuple(field.name for field in attrs.fields(cls)) for cls in (Completion, EmbeddingResult)
 }
+
+
+def _check_usage(provider: Provider, prepared: _Prepared, value: object) -> None:
+    """Refuse an answer whose usage no provider could bill: it is an invalid response."""
+    usage = getattr(value, "usage", None)  # None for a stream's opening (checked at its end)
+    if usage is not None:
+        problem = usage_problem(provider, prepared.request, prepared.http, usage)
+        if problem is not None:
+            info = ErrorInfo(ErrorKind.INVALID_RESPONSE, problem, status_code=200)
+            raise _AttemptFailed(info, final=True)
 
 
 def _timed_out(*, deadline_passed: bool, request_timeout: float) -> NoReturn:
