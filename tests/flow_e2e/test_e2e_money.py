@@ -52,8 +52,7 @@ async def test_a_budget_stops_the_batch_and_every_other_input_fails_as_budget_ex
     pricing = corral.Pricing.default()
     provider = OpenAI("http://mock/v1", api_key="sk-test")
     worst = max(
-        pricing.worst_case_cost(model, *token_bounds(provider, r, provider.build_request(r)))
-        or 0.0
+        pricing.worst_case_cost(model, *token_bounds(provider, r, provider.build_request(r))) or 0.0
         for r in requests
     )
     assert limit - spend.spent_usd < worst
