@@ -45,6 +45,7 @@ from ._models import (
     Result,
 )
 from ._streaming import EventReader
+from .providers._base import may_be_billed, token_bounds, usage_problem
 
 __all__: list[str] = []
 
@@ -301,10 +302,10 @@ class RequestPath:
         if budget is not None:
             prepared = state.prepared
             request = prepared.request
-            tokens = prepared.input_estimate + prepared.max_output
-            worst = self._pricing.worst_case_cost(
-                request.model, prepared.input_estimate, prepared.max_output or None
-            )
+            # A bound the provider cannot exceed, not the pacing estimate (see token_bounds).
+            max_input, max_output = token_bounds(self._caps.provider, request, prepared.http)
+            worst = self._pricing.worst_case_cost(request.model, max_input, max_output)
+            tokens = max_input + (max_output or 0)
             reservation = None if budget.exhausted else await budget.reserve(worst, tokens)
             if reservation is None:
                 return Failure(request.id, self._refusal(budget, worst, request.model), 0, 0.0)
@@ -361,15 +362,10 @@ class RequestPath:
             return
         if not isinstance(result, Failure):
             budget.settle(reservation, result.cost_usd, result.usage.total_tokens)
-        elif result.attempts == 0 or (
-            result.error.status_code is not None and not 200 <= result.error.status_code < 300
-        ):
-            # Refused before sending, or answered with an error status: nothing was billed.
-            budget.release(reservation)
         else:
-            # A timeout, a broken connection or a 2xx whose body could not be read may still
-            # have been billed: count the worst case.
-            budget.settle(reservation, None, reservation.tokens)
+            # Each attempt that may have been billed was charged its worst case as it ended
+            # (see attempt); what is still held was not spent.
+            budget.release(reservation)
 
     def settle_stream(
         self, state: RequestState, completion: Completion | None
@@ -477,6 +473,9 @@ class RequestPath:
             now: The clock's reading, when the caller took it just now (the first attempt).
         """
         prepared = state.prepared
+        reservation = state.reservation
+        if reservation is not None and not reservation.held:
+            await self._extend_budget(reservation)
         breaker = state.breaker
         rate = self._rate
         admission: Admission | None = None
@@ -510,11 +509,16 @@ class RequestPath:
                     value = await self._exchange.exchange(prepared, state.start)
                 if scope.cancelled_caught:
                     self._timed_out(limit >= deadline)
+            self._check_usage(prepared, value)
         except AttemptFailed as exc:
             outcome = exc.info.kind.value
+            if reservation is not None and may_be_billed(exc.info, exc.__cause__):
+                self._bill_attempt(reservation)
             self._after_refusal(permit, exc.info, prepared.request.id)
             raise
         except BaseException:
+            if reservation is not None:
+                self._bill_attempt(reservation)  # cut off after sending: it may be billed
             # Cancellation, the deadline (or a bug) says nothing about the upstream: free the
             # probe slot without an outcome, and teach the concurrency controller nothing.
             if breaker is not None and admission is not None:
@@ -569,6 +573,27 @@ class RequestPath:
             return admission, verdict
         # The deadline passed while waiting (the scope swallowed it after the release above).
         raise DeadlinePassed
+
+    def _bill_attempt(self, reservation: Reservation) -> None:
+        assert self._budget is not None
+        self._budget.bill_attempt(reservation)
+
+    async def _extend_budget(self, reservation: Reservation) -> None:
+        """Hold another worst case before a retry, or fail the request as budget_exhausted."""
+        budget = self._budget
+        assert budget is not None
+        if not await budget.extend(reservation):
+            why = f"the budget cannot fit another attempt ({budget.statistics()!r})"
+            raise AttemptFailed(ErrorInfo(ErrorKind.BUDGET_EXHAUSTED, why), final=True)
+
+    def _check_usage(self, prepared: Prepared, value: object) -> None:
+        """Refuse an answer whose usage no provider could bill: it is an invalid response."""
+        usage = getattr(value, "usage", None)  # None for a stream's opening (checked at its end)
+        if usage is not None:
+            problem = usage_problem(self._caps.provider, prepared.request, prepared.http, usage)
+            if problem is not None:
+                info = ErrorInfo(ErrorKind.INVALID_RESPONSE, problem, status_code=200)
+                raise AttemptFailed(info, final=True)
 
     def _timed_out(self, deadline_passed: bool) -> NoReturn:
         """Raise what an attempt's expired limit means: the deadline, or a retryable timeout."""

@@ -185,15 +185,16 @@ def test_token_limit_is_enforced_like_the_cost_limit() -> None:
     assert tracker.exhausted
 
 
-def test_overrun_is_recorded_truthfully_and_exhausts() -> None:
-    """A real cost above the reservation is still counted, flagged, and stops the budget."""
-    tracker = BudgetTracker(Budget(max_cost_usd=1.0))
-    reservation = some(tracker.try_reserve(0.2))
-    tracker.settle(reservation, 1.5, 0)
+def test_an_overrun_is_charged_as_the_worst_case_and_flagged() -> None:
+    """A reported cost above the reservation (no real bill can be) costs the worst case."""
+    tracker = BudgetTracker(Budget(max_cost_usd=1.0, max_tokens=1000))
+    reservation = some(tracker.try_reserve(0.2, 10))
+    tracker.settle(reservation, 1e301, 10**30)
     stats = tracker.statistics()
-    assert stats.spent_usd == pytest.approx(1.5)
+    assert stats.spent_usd == pytest.approx(0.2)
+    assert stats.spent_tokens == 10
     assert stats.overruns == 1
-    assert tracker.exhausted
+    assert not tracker.exhausted
 
 
 def test_settle_and_release_are_idempotent() -> None:

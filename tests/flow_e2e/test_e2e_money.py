@@ -9,6 +9,8 @@ import anyio
 import pytest
 
 import corral
+from corral.providers import OpenAI
+from corral.providers._base import token_bounds
 from corral.testing import MockServer
 
 from .flowkit import chat, open_client, stories
@@ -48,9 +50,9 @@ async def test_a_budget_stops_the_batch_and_every_other_input_fails_as_budget_ex
     assert (spend.reserved_usd, spend.in_flight, spend.exhausted) == (0.0, 0, True)
     # And it did not stop early: what is left cannot hold one more request's worst case.
     pricing = corral.Pricing.default()
-    counter = corral.RateLimit().count_tokens
+    provider = OpenAI("http://mock/v1", api_key="sk-test")
     worst = max(
-        pricing.worst_case_cost(model, counter(r.prompt_text), r.max_tokens) or 0.0
+        pricing.worst_case_cost(model, *token_bounds(provider, r, provider.build_request(r))) or 0.0
         for r in requests
     )
     assert limit - spend.spent_usd < worst

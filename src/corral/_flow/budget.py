@@ -4,8 +4,14 @@ The invariant, checked by the property tests under any interleaving of workers:
 
     settled spend + outstanding reservations <= limit
 
-so the settled spend alone never exceeds the budget, as long as each request's real cost stays
-within its reservation (a worst case computed from ``max_tokens``). A request that cannot fit
+so the settled spend alone never exceeds the budget. A reservation holds one attempt's worst
+case: the most the provider can bill for it (its input bounded by the body's bytes, see
+`corral.providers`, and ``max_tokens`` of output). Each attempt that may have been billed (a
+timeout, a broken connection, a 2xx whose answer was unusable) keeps its worst case as spent
+(`BudgetTracker.bill_attempt`), and the next attempt holds a worst case of its own
+(`BudgetTracker.extend`) or is not sent. A settlement never charges more than its
+reservation: a reported cost above it is a server's error (counted in ``overruns``), charged
+as the worst case. A request that cannot fit
 even once every outstanding reservation is released marks the budget **exhausted**: from then
 on nothing new is reserved, and the client returns ``budget_exhausted`` failures for every
 remaining input. A request that could fit once in-flight requests settle waits for them
@@ -27,8 +33,13 @@ import anyio.lowlevel
 import attrs
 
 from .._errors import check_number
+from .._models import Usage
 
 __all__ = ["Budget", "BudgetStatistics"]
+
+#: The most tokens any usage field may report; far beyond any context window (see
+#: ``corral.providers``' token counts, which refuse larger ones).
+_MAX_TOKENS: Final = 1 << 40
 
 _NANO: Final = 1_000_000_000
 
@@ -91,24 +102,32 @@ class Verdict(enum.Enum):
 
 
 class Reservation:
-    """Money and tokens held for one request until it is settled or released.
+    """Money and tokens held for one request's current attempt until it is settled or released.
 
     Args:
-        cost_nano: The reserved cost in nano-dollars.
-        tokens: The reserved tokens.
+        cost_nano: One attempt's worst-case cost in nano-dollars.
+        tokens: One attempt's worst-case tokens.
     """
 
-    __slots__ = ("_done", "cost_nano", "tokens")
+    __slots__ = ("_done", "_held", "billed_attempts", "cost_nano", "tokens")
 
     def __init__(self, cost_nano: int, tokens: int) -> None:
         self.cost_nano = cost_nano
         self.tokens = tokens
+        #: Attempts charged at their worst case already (`BudgetTracker.bill_attempt`).
+        self.billed_attempts = 0
+        self._held = True
         self._done = False
 
     @property
     def cost_usd(self) -> float:
-        """The reserved cost in USD."""
+        """One attempt's worst-case cost in USD."""
         return self.cost_nano / _NANO
+
+    @property
+    def held(self) -> bool:
+        """Whether a worst case is held for an attempt (False once billed, until extended)."""
+        return self._held and not self._done
 
     @property
     def done(self) -> bool:
@@ -116,7 +135,10 @@ class Reservation:
         return self._done
 
     def __repr__(self) -> str:
-        return f"<Reservation ${self.cost_usd:.6f} tokens={self.tokens} done={self._done}>"
+        return (
+            f"<Reservation ${self.cost_usd:.6f} tokens={self.tokens} held={self._held}"
+            f" billed_attempts={self.billed_attempts} done={self._done}>"
+        )
 
 
 @attrs.frozen
@@ -160,12 +182,17 @@ class BudgetTracker:
 
     The client calls, per request (before its first attempt):
 
-    1. ``reservation = await tracker.reserve(worst_case_usd, worst_case_tokens)``; None means
-       the request is not sent: it fails as ``budget_exhausted`` (and once `exhausted` is
-       true, so does every remaining input);
-    2. ``tracker.settle(reservation, cost_usd, tokens)`` with the real cost and tokens, or
-       ``tracker.release(reservation)`` if nothing was spent (never sent, failed without
-       usage). Both are idempotent; call one of them in a ``finally`` block.
+    1. ``reservation = await tracker.reserve(worst_case_usd, worst_case_tokens)``, the worst
+       case of one attempt; None means the request is not sent: it fails as
+       ``budget_exhausted`` (and once `exhausted` is true, so does every remaining input);
+    2. per attempt that may have been billed and did not succeed,
+       ``tracker.bill_attempt(reservation)``; before any further attempt,
+       ``await tracker.extend(reservation)``, which holds another worst case or returns False
+       (then the request fails as ``budget_exhausted`` instead of overspending);
+    3. ``tracker.settle(reservation, cost_usd, tokens)`` with the last attempt's real cost and
+       tokens, or ``tracker.release(reservation)`` if it spent nothing (never sent, answered
+       with an error status). Both are idempotent and keep what `bill_attempt` charged; call
+       one of them in a ``finally`` block.
 
     Args:
         policy: The limits.
@@ -224,8 +251,13 @@ class BudgetTracker:
             if cost_usd is None or not math.isfinite(cost_usd):
                 return Verdict.UNPRICED
             cost_nano = _nano_up(max(cost_usd, 0.0))
-            if self._spent_nano + cost_nano > self._limit_nano:
-                return Verdict.NEVER
+        return self._verdict(cost_nano, tokens)
+
+    def _verdict(self, cost_nano: int, tokens: int) -> Verdict:
+        if self._exhausted:
+            return Verdict.NEVER
+        if self._limit_nano is not None and self._spent_nano + cost_nano > self._limit_nano:
+            return Verdict.NEVER
         limit_tokens = self._policy.max_tokens
         if limit_tokens is not None and self._spent_tokens + tokens > limit_tokens:
             return Verdict.NEVER
@@ -288,47 +320,129 @@ class BudgetTracker:
                 self._changed = anyio.Event()
             await self._changed.wait()
 
+    def bill_attempt(self, reservation: Reservation) -> None:
+        """Keep an attempt's worst case as spent: it ended in a way the provider may bill.
+
+        A timeout or a broken connection after sending, or a 2xx whose answer was unusable,
+        may each have been billed in full, so each keeps its worst case even if the request
+        is retried. The reservation then holds nothing until `extend`. Does nothing when
+        nothing is held (already billed, settled or released).
+
+        Args:
+            reservation: The request's reservation.
+        """
+        if not reservation.held:
+            return
+        reservation._held = False
+        reservation.billed_attempts += 1
+        self._reserved_nano -= reservation.cost_nano
+        self._reserved_tokens -= reservation.tokens
+        self._spent_nano += reservation.cost_nano
+        self._spent_tokens += reservation.tokens
+        self._check_exhausted()
+        self._wake()
+
+    def try_extend(self, reservation: Reservation) -> Verdict:
+        """Hold another worst case for a request's next attempt if it fits now; never waits.
+
+        Returns `Verdict.FITS` when the reservation holds a worst case (already, or now).
+        `Verdict.NEVER` (the budget is then exhausted) means the attempt must not be sent.
+
+        Args:
+            reservation: The request's reservation, billed for its last attempt.
+        """
+        if reservation.done:
+            return Verdict.NEVER
+        if reservation._held:
+            return Verdict.FITS
+        verdict = self._verdict(reservation.cost_nano, reservation.tokens)
+        if verdict is Verdict.FITS:
+            reservation._held = True
+            self._reserved_nano += reservation.cost_nano
+            self._reserved_tokens += reservation.tokens
+        elif verdict is Verdict.NEVER:
+            self._refused += 1
+            if not self._exhausted:
+                self._exhausted = True
+                self._wake()
+        return verdict
+
+    async def extend(self, reservation: Reservation) -> bool:
+        """Hold another worst case for a request's next attempt, waiting while it may fit later.
+
+        Returns False when it can never fit (the budget is then exhausted): the attempt is not
+        sent. A request waiting here holds nothing, so waiting cannot deadlock.
+
+        Args:
+            reservation: The request's reservation, billed for its last attempt.
+        """
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            verdict = self.try_extend(reservation)
+            if verdict is not Verdict.WAIT:
+                return verdict is Verdict.FITS
+            if self._changed is None:
+                self._changed = anyio.Event()
+            await self._changed.wait()
+
     def _finish(self, reservation: Reservation) -> bool:
         if reservation._done:
             return False
         reservation._done = True
-        self._reserved_nano -= reservation.cost_nano
-        self._reserved_tokens -= reservation.tokens
+        if reservation._held:
+            self._reserved_nano -= reservation.cost_nano
+            self._reserved_tokens -= reservation.tokens
         self._in_flight -= 1
         return True
 
     def settle(self, reservation: Reservation, cost_usd: float | None, tokens: int) -> None:
-        """Release a reservation and add what the request really spent; a repeat does nothing.
+        """Release a reservation and add what its last attempt spent; a repeat does nothing.
 
-        A cost of None (no known price) is charged as the reservation. A real cost above the
-        reservation is recorded as spent all the same (and counted in ``overruns``); if that
-        leaves no room, the budget is exhausted.
+        A cost of None (no known price, or a request cancelled mid-attempt) is charged as the
+        worst case. A real cost or token count above the reservation cannot be a real bill (the
+        reservation is the most the provider can charge): it is counted in ``overruns`` and
+        charged as the worst case. Attempts billed already (`bill_attempt`) stay spent; when
+        the reservation holds nothing, nothing more is charged.
 
         Args:
             reservation: The reservation from `reserve` or `try_reserve`.
-            cost_usd: The request's real cost, or None if unknown.
-            tokens: The request's real tokens (input plus output).
+            cost_usd: The last attempt's real cost, or None if unknown.
+            tokens: The last attempt's real tokens (input plus output).
         """
+        held = reservation.held
         if not self._finish(reservation):
             return
-        if cost_usd is None or not math.isfinite(cost_usd):
-            cost_nano = reservation.cost_nano
-        else:
-            cost_nano = _nano_up(max(cost_usd, 0.0))
-        tokens = max(int(tokens), 0)
-        if cost_nano > reservation.cost_nano or tokens > reservation.tokens:
-            self._overruns += 1
-        self._spent_nano += cost_nano
-        self._spent_tokens += tokens
+        if held:
+            if cost_usd is None or not math.isfinite(cost_usd):
+                cost_nano = reservation.cost_nano
+            elif cost_usd > _MAX_USD:
+                cost_nano = reservation.cost_nano + 1  # an overrun, whatever its size
+            else:
+                cost_nano = _nano_up(max(cost_usd, 0.0))
+            tokens = max(int(tokens), 0)
+            # Tokens are bounded by the reservation only under a token limit (else unreserved).
+            over_tokens = self._policy.max_tokens is not None and tokens > reservation.tokens
+            if cost_nano > reservation.cost_nano or over_tokens:
+                self._overruns += 1
+                cost_nano = min(cost_nano, reservation.cost_nano)
+                if over_tokens:
+                    tokens = reservation.tokens
+            self._spent_nano += cost_nano
+            self._spent_tokens += tokens
+            self._check_exhausted()
+        self._wake()
+
+    def _check_exhausted(self) -> None:
         limit_tokens = self._policy.max_tokens
         if (self._limit_nano is not None and self._spent_nano >= self._limit_nano) or (
             limit_tokens is not None and self._spent_tokens >= limit_tokens
         ):
             self._exhausted = True
-        self._wake()
 
     def release(self, reservation: Reservation) -> None:
-        """Give a reservation back unspent (never sent, or failed without usage); idempotent.
+        """Give back what a reservation holds unspent (its last attempt was not billed).
+
+        Attempts billed already (`bill_attempt`) stay spent. Idempotent.
 
         Args:
             reservation: The reservation from `reserve` or `try_reserve`.
@@ -363,3 +477,30 @@ class BudgetTracker:
             f" of {limit.max_cost_usd!r} tokens={self._spent_tokens} of {limit.max_tokens!r}"
             f" in_flight={self._in_flight} exhausted={self._exhausted}>"
         )
+
+
+def implausible_usage(usage: Usage, max_input: int | None, max_output: int | None) -> str | None:
+    """Say why a reported usage cannot be a real bill, or return None when it can be.
+
+    A provider cannot bill more input tokens than the request's bound, nor more output tokens
+    than ``max_tokens`` allows; a count beyond any context window is a server's error too.
+
+    Args:
+        usage: The usage the server reported.
+        max_input: The request's input-token bound, or None when not known.
+        max_output: The request's output-token bound, or None when unbounded.
+    """
+    counts = (usage.input_tokens, usage.output_tokens, usage.cached_input_tokens)
+    if max(counts) > _MAX_TOKENS or usage.cache_write_tokens > _MAX_TOKENS:
+        return f"the server reported an impossible usage ({usage!r})"
+    if max_input is not None and usage.input_tokens > max_input:
+        return (
+            f"the server reported {usage.input_tokens} input tokens, more than the request can "
+            f"hold ({max_input})"
+        )
+    if max_output is not None and usage.output_tokens > max_output:
+        return (
+            f"the server reported {usage.output_tokens} output tokens, more than max_tokens "
+            f"allows ({max_output})"
+        )
+    return None

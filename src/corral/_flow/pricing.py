@@ -444,24 +444,25 @@ class Pricing:
     def worst_case_cost(
         self, model: str, input_tokens: int, max_tokens: int | None
     ) -> float | None:
-        """Return the most a request can cost, for budget reservations; None if unbounded.
+        """Return the most one attempt of a request can cost, for budgets; None if unbounded.
 
         Every input token is charged at the dearest input rate (cache writes cost more than
-        plain input on Anthropic), every allowed output token at the output rate.
+        plain input on Anthropic), every allowed output token at the output rate, at the
+        long-context rates too when the prompt may pass their threshold.
 
         Args:
             model: The model the request is for.
-            input_tokens: The estimated prompt tokens.
-            max_tokens: The request's output limit; None means no bound, so no worst case.
+            input_tokens: The most prompt tokens the provider can bill (a bound, not an
+                estimate: see `corral.providers`).
+            max_tokens: The most output tokens it can bill (0 for embeddings); None means no
+                bound, so no worst case.
         """
         price = self._lookup(model)
         if price is None or max_tokens is None:
             return None
         prompt = max(int(input_tokens), 0)
         tiers: list[ModelPrice | LongContextPrice] = [price]
-        # A prompt estimate can be well off (it counts characters, not tokens), so a prompt
-        # anywhere near the threshold is reserved at the long-context rates too.
-        if price.long_context is not None and prompt * 2 > price.long_context.threshold:
+        if price.long_context is not None and prompt > price.long_context.threshold:
             tiers.append(price.long_context)
         worst = 0.0
         for tier in tiers:

@@ -35,6 +35,7 @@ from ._base import (
     check_options,
     decode_json,
     error_info,
+    input_token_bound,
     loads,
     post_json,
     resolve_key,
@@ -83,6 +84,8 @@ _STOP_REASONS: Final = {
 
 # OpenAI body fields that mean nothing to Anthropic and are dropped rather than rejected.
 _DROPPED: Final = frozenset({"stream", "stream_options", "store"})
+# Tool types whose whole definition is in the body (Anthropic's own tools are named only).
+_CUSTOM_TOOL_TYPES: Final = (None, "custom", "function")
 
 
 class Anthropic:
@@ -209,6 +212,35 @@ class Anthropic:
             request: The request.
         """
         return self._build(request, stream=True)
+
+    def max_input_tokens(self, request: ChatRequest, http_request: httpx2.Request) -> int:
+        """Return the most input tokens Anthropic can bill for *http_request* (budgets).
+
+        The body's bytes bound its text (see `input_token_bound`); the turn markers of
+        Claude's format take a few tokens per message (8 reserved) and per request (64).
+        Tools add a hidden system prompt (at most 530 tokens in Anthropic's table: 1,024
+        reserved), and each of Anthropic's own tools (``bash``, ``text_editor``, ``computer``,
+        with a ``type``) a definition of up to 735 tokens that the body names only (1,024
+        each). An image costs (width x height) / 750 tokens, at most about 1,600 once resized
+        to 1.15 megapixels, more on models that take higher resolutions: 4,800 reserved.
+
+        Args:
+            request: The request.
+            http_request: The HTTP request built for it.
+        """
+        overhead = 64
+        tools = request.extra.get("tools")
+        if tools:
+            overhead += 1024
+            if isinstance(tools, list):
+                overhead += 1024 * sum(
+                    1
+                    for tool in tools
+                    if isinstance(tool, dict) and tool.get("type") not in _CUSTOM_TOOL_TYPES
+                )
+        return input_token_bound(
+            request, http_request, per_message=8, per_request=overhead, per_image=4800
+        )
 
     # -- responses ------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 import httpx2
 
 from .._errors import ConfigurationError, ConfigurationTypeError, InvalidRequestError
+from .._flow.budget import implausible_usage
 from .._models import (
     ChatRequest,
     Completion,
@@ -29,6 +30,7 @@ from .._models import (
     EmbeddingResult,
     ErrorInfo,
     RateLimitHeaders,
+    Usage,
 )
 from .._secret import Secret
 from .._transport.httpx_internals import json_post
@@ -557,6 +559,8 @@ def token_count(usage: Mapping[str, Any], key: str) -> int:
         raise InvalidResponse(f"usage field {key!r} is not a token count: {value!r:.80}") from exc
     if count < 0:
         raise InvalidResponse(f"usage field {key!r} is negative: {count}")
+    if count > MAX_TOKEN_COUNT:
+        raise InvalidResponse(f"usage field {key!r} is beyond any real count: {count:.3g}")
     return count
 
 
@@ -629,3 +633,179 @@ def error_info(
         retry_after_s=parse_retry_after(response.headers),
         provider_code=provider_code,
     )
+
+
+# -- the most tokens a request can be billed for (budget reservations) --------------------------
+
+#: The most tokens any usage field may report: far beyond any context window, well within a
+#: float's exact integers. A larger count is a server's error, never a real bill.
+MAX_TOKEN_COUNT: Final = 1 << 40
+
+#: Part types whose payload (a data URL's base64) is billed by the image's size, not its bytes.
+_IMAGE_PARTS: Final = frozenset({"image_url", "image", "input_image"})
+
+
+def _image_payload(part: Mapping[str, Any]) -> str | None:
+    """Return the base64 payload of an image part's data URL, or None."""
+    image = part.get("image_url", part.get("image"))
+    url = image.get("url") if isinstance(image, Mapping) else image
+    if isinstance(url, str) and url.startswith("data:"):
+        comma = url.find(",")
+        if comma >= 0:
+            return url[comma + 1 :]
+    return None
+
+
+def input_token_bound(
+    request: ChatRequest | EmbeddingRequest,
+    http_request: httpx2.Request,
+    *,
+    per_message: int,
+    per_request: int,
+    per_image: int,
+) -> int:
+    """Return the most input tokens a provider can bill for *http_request*.
+
+    Text never takes more tokens than its UTF-8 bytes (byte-level BPE and byte-fallback
+    tokenizers: every token stands for at least one byte), and the body holds every byte of
+    text sent (messages, system prompt, tools and schemas in ``extra``) plus JSON syntax, so
+    the body's length bounds the text. A chat template adds a few tokens per message and per
+    request, which the body does not hold. An image is billed by its size, not its bytes: its
+    base64 payload, when the body carries it verbatim, is replaced by the provider's most
+    tokens per image.
+
+    Args:
+        request: The request the body was built from.
+        http_request: The HTTP request the adapter built (its body is read, not sent).
+        per_message: The most template tokens per message (or per embedded text).
+        per_request: The most template tokens per request.
+        per_image: The most tokens one image can be billed for.
+    """
+    body = http_request.content
+    tokens = len(body) + per_request
+    if isinstance(request, EmbeddingRequest):
+        texts = 1 if isinstance(request.input, str) else len(request.input)
+        return tokens + per_message * texts
+    tokens += per_message * len(request.messages)
+    for message in request.messages:
+        if isinstance(message.content, str):
+            continue
+        for part in message.content:
+            if part.get("type", "text") == "text":
+                continue
+            tokens += per_image
+            if part.get("type") in _IMAGE_PARTS:
+                payload = _image_payload(part)
+                # Only a payload the body holds as it is was counted in its length.
+                if payload and payload.encode("ascii", "replace") in body:
+                    tokens -= len(payload)
+    return max(tokens, 0)
+
+
+def output_token_bound(request: ChatRequest | EmbeddingRequest) -> int | None:
+    """Return the most output tokens *request* can be billed for; None when unbounded.
+
+    ``max_tokens`` bounds each choice; OpenAI's ``n`` (Gemini's ``candidateCount``) asks for
+    several, each billed.
+
+    Args:
+        request: The request.
+    """
+    if isinstance(request, EmbeddingRequest):
+        return 0
+    if request.max_tokens is None:
+        return None
+    choices = 1
+    extra = request.extra
+    if extra:
+        config = extra.get("generationConfig")
+        candidates = config.get("candidateCount") if isinstance(config, Mapping) else None
+        for n in (extra.get("n"), candidates):
+            if isinstance(n, int) and not isinstance(n, bool) and n > choices:
+                choices = n
+    return request.max_tokens * choices
+
+
+#: Bounds for an adapter that does not say its own (`max_input_tokens`): the largest of the
+#: built-in adapters' overheads, and their dearest image.
+_FALLBACK_PER_MESSAGE: Final = 16
+_FALLBACK_PER_REQUEST: Final = 4096
+_FALLBACK_PER_IMAGE: Final = 48_169
+
+
+def max_input_tokens(
+    provider: object, request: ChatRequest | EmbeddingRequest, http_request: httpx2.Request
+) -> int:
+    """Return the most input tokens *provider* can bill for *http_request*.
+
+    An adapter states its own bound with a ``max_input_tokens(request, http_request)`` method
+    (its template overheads and image formula); any other is bounded by its body's bytes with
+    the built-in adapters' largest overheads.
+
+    Args:
+        provider: The adapter that built the request.
+        request: The request.
+        http_request: The HTTP request the adapter built.
+    """
+    own = getattr(provider, "max_input_tokens", None)
+    if own is not None:
+        return int(own(request, http_request))
+    return input_token_bound(
+        request,
+        http_request,
+        per_message=_FALLBACK_PER_MESSAGE,
+        per_request=_FALLBACK_PER_REQUEST,
+        per_image=_FALLBACK_PER_IMAGE,
+    )
+
+
+def token_bounds(
+    provider: object, request: ChatRequest | EmbeddingRequest, http_request: httpx2.Request
+) -> tuple[int, int | None]:
+    """Return the most input and output tokens one attempt of *request* can be billed for.
+
+    Args:
+        provider: The adapter that built the request.
+        request: The request.
+        http_request: The HTTP request the adapter built.
+    """
+    return max_input_tokens(provider, request, http_request), output_token_bound(request)
+
+
+def usage_problem(
+    provider: object,
+    request: ChatRequest | EmbeddingRequest,
+    http_request: httpx2.Request,
+    usage: Usage,
+) -> str | None:
+    """Say why *usage* cannot be what the provider billed for *request*; None if it can be.
+
+    Cheap for a plausible answer: the input bound is computed only for a usage that reports
+    more input tokens than the body has bytes.
+
+    Args:
+        provider: The adapter that built the request.
+        request: The request.
+        http_request: The HTTP request the adapter built.
+        usage: The usage the server reported.
+    """
+    max_input = None
+    if usage.input_tokens > len(http_request.content):
+        max_input = max_input_tokens(provider, request, http_request)
+    return implausible_usage(usage, max_input, output_token_bound(request))
+
+
+def may_be_billed(info: ErrorInfo, cause: BaseException | None) -> bool:
+    """Say whether a failed attempt may have been billed all the same.
+
+    An error status was not billed, nor was a connection that never opened. A 2xx whose
+    answer was unusable, a timeout or a connection lost after sending may have been.
+
+    Args:
+        info: The attempt's normalised error.
+        cause: The exception behind it, if any.
+    """
+    status = info.status_code
+    if status is not None:
+        return 200 <= status < 300
+    return not isinstance(cause, httpx2.ConnectError | httpx2.ConnectTimeout)

@@ -40,6 +40,7 @@ from ._base import (
     decode_json,
     details,
     error_info,
+    input_token_bound,
     loads,
     post_json,
     resolve_key,
@@ -257,6 +258,29 @@ class Gemini:
         return post_json(url, self._headers(request.id), body)
 
     # -- responses ------------------------------------------------------------------------
+
+    def max_input_tokens(
+        self, request: ChatRequest | EmbeddingRequest, http_request: httpx2.Request
+    ) -> int:
+        """Return the most input tokens Gemini can bill for *http_request* (budgets).
+
+        The body's bytes bound its text (see `input_token_bound`); Gemini's turn markers take
+        a few tokens per turn (8 reserved) and per request (64), tool declarations a preamble
+        (1,024 more with tools). An image costs 258 tokens per 768 px tile; up to 16 tiles
+        (4,128 tokens) are reserved when its size is unknown.
+
+        Args:
+            request: The request.
+            http_request: The HTTP request built for it.
+        """
+        tools = isinstance(request, ChatRequest) and "tools" in request.extra
+        return input_token_bound(
+            request,
+            http_request,
+            per_message=8,
+            per_request=64 + (1024 if tools else 0),
+            per_image=4128,
+        )
 
     def parse_response(self, request: ChatRequest, response: httpx2.Response) -> Completion:
         """Parse a ``GenerateContentResponse``: ``candidates[0]`` and ``usageMetadata``.

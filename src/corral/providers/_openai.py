@@ -37,6 +37,7 @@ from ._base import (
     decode_json,
     details,
     error_info,
+    input_token_bound,
     loads,
     post_json,
     resolve_key,
@@ -188,6 +189,31 @@ class OpenAI:
         headers = self._headers(request.id)
         headers["accept"] = "text/event-stream"
         return post_json(self._chat_url, headers, body)
+
+    def max_input_tokens(
+        self, request: ChatRequest | EmbeddingRequest, http_request: httpx2.Request
+    ) -> int:
+        """Return the most input tokens OpenAI can bill for *http_request* (budget reservations).
+
+        The body's bytes bound its text (see `input_token_bound`). OpenAI's chat format adds 3
+        tokens per message (4 with a name) and 3 to prime the reply; 8 and 16 are reserved.
+        Tool definitions are rendered into a hidden preamble: 1,024 more when the body has
+        tools or a response format. An image costs at most 48,169 tokens (gpt-4o-mini's rate,
+        the dearest documented: 2,833 + 5,667 for each of up to 8 tiles of 512 px).
+
+        Args:
+            request: The request.
+            http_request: The HTTP request built for it.
+        """
+        preamble = "tools" in request.extra or "response_format" in request.extra
+        tools = isinstance(request, ChatRequest) and preamble
+        return input_token_bound(
+            request,
+            http_request,
+            per_message=8,
+            per_request=16 + (1024 if tools else 0),
+            per_image=48_169,
+        )
 
     def parse_response(self, request: ChatRequest, response: httpx2.Response) -> Completion:
         """Parse a chat completion.
