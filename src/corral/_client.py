@@ -59,6 +59,7 @@ from .providers._base import (
     Provider,
     ProviderError,
     StreamingProvider,
+    scrubbed,
 )
 
 __all__ = ["Client", "ClientStatistics", "ResultStream"]
@@ -84,6 +85,8 @@ class _AttemptFailed(Exception):
     __slots__ = ("final", "gave_up", "info")
 
     def __init__(self, info: ErrorInfo, *, final: bool = False) -> None:
+        # Masked before stamina's hooks and loggers see it: they print its repr.
+        info = scrubbed(info)
         super().__init__(info.message)
         self.info = info
         self.final = final
@@ -1209,7 +1212,9 @@ class Client:
             # The server ignored the stream flag and answered whole: still a good answer.
             completion = _parse_success(provider.parse_response, request, response)
             return EventReader.whole(response, completion, start)
-        reader = EventReader(response, provider.stream_parser(request), start)
+        reader = EventReader(
+            response, provider.stream_parser(request), start, idle_timeout=self._request_timeout
+        )
         try:
             await reader.prime()
         except BaseException as exc:

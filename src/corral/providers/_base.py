@@ -19,6 +19,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final, Protocol, runtime_checkable
 
+import attrs
 import httpx2
 
 from .._errors import ConfigurationError, InvalidRequestError
@@ -31,7 +32,7 @@ from .._models import (
     EmbeddingResult,
     ErrorInfo,
 )
-from .._secret import Secret
+from .._secret import Secret, header_secrets, scrub
 from .._transport.httpx_internals import json_post
 
 __all__ = [
@@ -49,8 +50,15 @@ class InvalidResponse(Exception):
     """Raised by an adapter when a response cannot be understood.
 
     The client turns it into a failure of kind ``invalid_response``. A stream parser raises it
-    when a stream ended before its final event.
+    when a stream ended before its final event. The message may quote the server, so any
+    fragment of a key in it is masked here, before the exception exists anywhere else.
+
+    Args:
+        message: What is wrong with the response.
     """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(scrub(message))
 
 
 class ProviderError(Exception):
@@ -60,11 +68,14 @@ class ProviderError(Exception):
     (``promptFeedback.blockReason``) with a 200. The client treats it like an error response
     described by :meth:`Provider.classify_error`.
 
+    The message comes from the server: any fragment of a key in it is masked here.
+
     Args:
         info: The failure, normalised.
     """
 
     def __init__(self, info: ErrorInfo) -> None:
+        info = scrubbed(info)
         super().__init__(info.message)
         self.info = info
 
@@ -482,9 +493,8 @@ def loads(text: str | bytes, what: str) -> Any:
         return json.loads(text)
     except (ValueError, RecursionError) as exc:
         # UnicodeDecodeError is a ValueError; RecursionError is a hostile nesting depth.
-        raw = text[:120]
-        snippet = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-        raise InvalidResponse(f"{what} is not JSON: {snippet!r}") from exc
+        # Masked before it is cut: a cut key would no longer match the key.
+        raise InvalidResponse(f"{what} is not JSON: {scrub(text, limit=120)!r}") from exc
 
 
 # json's scanner (its C one where there is one): reads one value from a position in a text.
@@ -549,7 +559,9 @@ def token_count(usage: Mapping[str, Any], key: str) -> int:
     try:
         count = int(value)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise InvalidResponse(f"usage field {key!r} is not a token count: {value!r:.80}") from exc
+        raise InvalidResponse(
+            f"usage field {key!r} is not a token count: {scrub(repr(value), limit=80)}"
+        ) from exc
     if count < 0:
         raise InvalidResponse(f"usage field {key!r} is negative: {count}")
     return count
@@ -566,7 +578,7 @@ def as_text(value: Any) -> str:
     if value is None:
         return ""
     try:
-        return json.dumps(value)[:200]
+        return scrub(json.dumps(value), limit=200)
     except (ValueError, RecursionError):
         return f"<{type(value).__name__}>"
 
@@ -616,11 +628,49 @@ def error_info(
     if 300 <= response.status_code < 400:
         where = response.headers.get("location", "?")
         message = f"redirect to {where} not followed (API calls never follow redirects)"
+    credentials = request_secrets(response)
     return ErrorInfo(
         kind,
-        message,
+        scrub(message, secrets=credentials),
         status_code=response.status_code,
         retryable=retryable,
         retry_after_s=parse_retry_after(response.headers),
-        provider_code=provider_code,
+        provider_code=None if provider_code is None else scrub(provider_code, secrets=credentials),
     )
+
+
+def request_secrets(response: httpx2.Response) -> tuple[str, ...]:
+    """Return the credentials the request behind *response* carried (none when it is unknown).
+
+    Args:
+        response: A response; its ``request`` is set by whoever sent it.
+    """
+    try:
+        request = response.request
+    except RuntimeError:  # a response built by hand, never sent
+        return ()
+    return header_secrets(request.headers.multi_items())
+
+
+def body_excerpt(response: httpx2.Response, limit: int = 200) -> str:
+    """Return the start of a body that is not a JSON error, keys masked before it is cut.
+
+    Args:
+        response: The read error response.
+        limit: The most characters to keep.
+    """
+    return scrub(response.content, limit=limit, secrets=request_secrets(response)).strip()
+
+
+def scrubbed(info: ErrorInfo) -> ErrorInfo:
+    """Return *info* with any fragment of a live key masked in its message and provider code.
+
+    Args:
+        info: A failure whose text may come from a server.
+    """
+    message = scrub(info.message)
+    code = info.provider_code
+    code = None if code is None else scrub(code)
+    if message == info.message and code == info.provider_code:
+        return info
+    return attrs.evolve(info, message=message, provider_code=code)
