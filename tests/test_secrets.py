@@ -97,3 +97,61 @@ def test_key_is_never_in_the_url() -> None:
     )
     assert_clean(str(request.url))
     assert_clean(repr(request))
+
+
+# -- the fragment rule --------------------------------------------------------------------------
+
+FRAGMENT_KEY = "sk-frag-0123456789abcdefghijklmnopqrstuv"
+
+
+def test_redact_masks_every_fragment_of_eight_characters_or_more() -> None:
+    """A key's prefix, suffix or middle of 8+ characters is masked; 7 or fewer are left."""
+    from corral._secret import redact
+
+    key = FRAGMENT_KEY
+    for fragment in (key, key[:8], key[:20], key[-8:], key[5:30]):
+        text = redact(f"bad key: {fragment}!", [key])
+        assert text == "bad key: ********!", (fragment, text)
+    assert redact(f"short {key[:7]} and {key[-7:]}", [key]) == f"short {key[:7]} and {key[-7:]}"
+    # Two fragments apart: two masks, the words between them kept.
+    assert redact(f"{key[:10]} then {key[-10:]}", [key]) == "******** then ********"
+    assert redact("nothing to hide here", [key]) == "nothing to hide here"
+
+
+def test_scrub_masks_before_it_cuts() -> None:
+    """A cut falling inside a key leaves none of it: the key is masked first, then cut."""
+    from corral._secret import scrub
+
+    text = "x" * 190 + FRAGMENT_KEY + " tail"
+    for data in (text, text.encode()):
+        cut = scrub(data, limit=200, secrets=[FRAGMENT_KEY])
+        assert cut == ("x" * 190 + "******** tail")[:200]
+    assert scrub("y" * 195 + FRAGMENT_KEY, limit=200, secrets=[FRAGMENT_KEY]) == "y" * 195 + "*****"
+
+
+def test_scrub_masks_every_live_secret_without_being_given_it() -> None:
+    """Server text is cleaned of any live Secret's fragments; a collected Secret is forgotten."""
+    import gc
+
+    from corral._secret import scrub
+
+    key = "sk-live-" + "q7w8e9r0t1y2u3i4o5p6"
+    secret = corral.Secret(key)
+    assert scrub(f"echo {key[4:20]} done") == "echo ******** done"
+    del secret
+    gc.collect()
+    assert scrub(f"echo {key[4:20]} done") == f"echo {key[4:20]} done"
+
+
+def test_exceptions_built_from_server_text_are_masked_when_built() -> None:
+    """InvalidResponse and ProviderError never hold a live key, not even for a moment."""
+    from corral.providers._base import InvalidResponse, ProviderError, loads
+
+    secret = corral.Secret(FRAGMENT_KEY)
+    with pytest.raises(InvalidResponse) as raised:
+        loads(("z" * 100 + secret.reveal()).encode(), "stream chunk")
+    assert "********" in str(raised.value)
+    assert FRAGMENT_KEY[:8] not in str(raised.value)
+    info = corral.ErrorInfo(corral.ErrorKind.SERVER_ERROR, f"bad {FRAGMENT_KEY}", provider_code=None)
+    error = ProviderError(info)
+    assert FRAGMENT_KEY[:8] not in repr(error) + str(error)
