@@ -215,3 +215,41 @@ async def test_corral_run_writes_no_fragment(
     assert server.hits >= (2 if attack.startswith("retry") else 1)
     assert_clean(texts)
     assert "********" in written
+
+
+class CarelessAdapter:
+    """A third-party adapter whose errors quote the server's body as it is, key and all."""
+
+    name = "careless"
+
+    def __init__(self, url: str) -> None:
+        self._inner = OpenAI(url + "/v1", api_key=KEY)
+
+    @property
+    def endpoint(self) -> str:
+        return self._inner.endpoint
+
+    def build_request(self, request: corral.ChatRequest) -> Any:
+        return self._inner.build_request(request)
+
+    def parse_response(self, request: corral.ChatRequest, response: Any) -> corral.Completion:
+        return self._inner.parse_response(request, response)
+
+    def classify_error(self, response: Any) -> corral.ErrorInfo:
+        text = response.content.decode()
+        return corral.ErrorInfo(corral.ErrorKind.SERVER_ERROR, text, retryable=True)
+
+
+async def test_a_third_party_adapter_s_raw_errors_reach_no_hook(
+    hook: HookRecorder, logs: pytest.LogCaptureFixture
+) -> None:
+    """An adapter that does not mask the key still shows none of it to stamina or the logs."""
+    server = SecretsServer("retry_text", "openai")
+    async with serve(server) as running:
+        async with corral.Client(CarelessAdapter(running.url)) as client:
+            batch = await client.run([chat("openai")])
+    failure = batch.results[0]
+    assert isinstance(failure, corral.Failure)
+    assert server.hits >= 2
+    assert hook.texts
+    assert_clean([*hook.texts, *log_texts(logs.records), ("message", failure.error.message)])
