@@ -152,6 +152,6 @@ def test_exceptions_built_from_server_text_are_masked_when_built() -> None:
         loads(("z" * 100 + secret.reveal()).encode(), "stream chunk")
     assert "********" in str(raised.value)
     assert FRAGMENT_KEY[:8] not in str(raised.value)
-    info = corral.ErrorInfo(corral.ErrorKind.SERVER_ERROR, f"bad {FRAGMENT_KEY}", provider_code=None)
+    info = corral.ErrorInfo(corral.ErrorKind.SERVER_ERROR, f"bad {FRAGMENT_KEY}")
     error = ProviderError(info)
     assert FRAGMENT_KEY[:8] not in repr(error) + str(error)

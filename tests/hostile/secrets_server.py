@@ -63,7 +63,11 @@ _FIRST_DELTA: Final[dict[str, list[tuple[str | None, dict[str, Any]]]]] = {
         ),
         (
             "content_block_delta",
-            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}},
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": "Hi"},
+            },
         ),
     ],
     "gemini": [

@@ -104,6 +104,11 @@ def log_texts(records: list[logging.LogRecord]) -> list[tuple[str, str]]:
     return texts
 
 
+def files_in(folder: Path) -> list[tuple[str, str]]:
+    """Return the text of every file in *folder* (the job's manifest and summary included)."""
+    return [(f"file {path.name}", path.read_text()) for path in folder.iterdir()]
+
+
 def provider_for(name: str, url: str) -> Any:
     """Return the adapter *name* aimed at *url*, with the key."""
     if name == "openai":
@@ -210,7 +215,7 @@ async def test_corral_run_writes_no_fragment(
         ("process stdout", captured.out),
         ("process stderr", captured.err),
     ]
-    texts += [(f"file {path.name}", path.read_text()) for path in tmp_path.iterdir()]
+    texts += files_in(tmp_path)
     texts += log_texts(logs.records) + hook.texts
     assert server.hits >= (2 if attack.startswith("retry") else 1)
     assert_clean(texts)
@@ -245,9 +250,8 @@ async def test_a_third_party_adapter_s_raw_errors_reach_no_hook(
 ) -> None:
     """An adapter that does not mask the key still shows none of it to stamina or the logs."""
     server = SecretsServer("retry_text", "openai")
-    async with serve(server) as running:
-        async with corral.Client(CarelessAdapter(running.url)) as client:
-            batch = await client.run([chat("openai")])
+    async with serve(server) as running, corral.Client(CarelessAdapter(running.url)) as client:
+        batch = await client.run([chat("openai")])
     failure = batch.results[0]
     assert isinstance(failure, corral.Failure)
     assert server.hits >= 2
