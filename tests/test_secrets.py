@@ -104,18 +104,29 @@ def test_key_is_never_in_the_url() -> None:
 FRAGMENT_KEY = "sk-frag-0123456789abcdefghijklmnopqrstuv"
 
 
-def test_redact_masks_every_fragment_of_eight_characters_or_more() -> None:
+def test_scrub_masks_every_fragment_of_eight_characters_or_more() -> None:
     """A key's prefix, suffix or middle of 8+ characters is masked; 7 or fewer are left."""
-    from corral._secret import redact
+    from corral._secret import scrub
 
     key = FRAGMENT_KEY
     for fragment in (key, key[:8], key[:20], key[-8:], key[5:30]):
-        text = redact(f"bad key: {fragment}!", [key])
+        text = scrub(f"bad key: {fragment}!", secrets=[key])
         assert text == "bad key: ********!", (fragment, text)
-    assert redact(f"short {key[:7]} and {key[-7:]}", [key]) == f"short {key[:7]} and {key[-7:]}"
+    short = f"short {key[:7]} and {key[-7:]}"
+    assert scrub(short, secrets=[key]) == short
     # Two fragments apart: two masks, the words between them kept.
-    assert redact(f"{key[:10]} then {key[-10:]}", [key]) == "******** then ********"
-    assert redact("nothing to hide here", [key]) == "nothing to hide here"
+    assert scrub(f"{key[:10]} then {key[-10:]}", secrets=[key]) == "******** then ********"
+    assert scrub("nothing to hide here", secrets=[key]) == "nothing to hide here"
+
+
+def test_redact_masks_whole_keys_and_spares_corral_s_words() -> None:
+    """``redact`` (for corral's own sentences) masks a whole key, never a word a key contains."""
+    from corral._secret import redact
+
+    key = "sk-redirect-canary-5e0d1c2b"
+    assert (
+        redact(f"redirect not followed; key {key}", [key]) == "redirect not followed; key ********"
+    )
 
 
 def test_scrub_masks_before_it_cuts() -> None:
@@ -137,6 +148,11 @@ def test_scrub_masks_every_live_secret_without_being_given_it() -> None:
 
     key = "sk-live-" + "q7w8e9r0t1y2u3i4o5p6"
     secret = corral.Secret(key)
+    assert scrub(f"echo {key[4:20]} done") == "echo ******** done"
+    # An equal Secret made and dropped meanwhile does not make the first one forgotten.
+    twin = corral.Secret(key)
+    del twin
+    gc.collect()
     assert scrub(f"echo {key[4:20]} done") == "echo ******** done"
     del secret
     gc.collect()

@@ -86,7 +86,7 @@ class _AttemptFailed(Exception):
 
     def __init__(self, info: ErrorInfo, *, final: bool = False) -> None:
         # Masked before stamina's hooks and loggers see it: they print its repr.
-        info = scrubbed(info)
+        info = scrubbed(info, whole=True)
         super().__init__(info.message)
         self.info = info
         self.final = final

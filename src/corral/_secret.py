@@ -26,9 +26,10 @@ _MIN_SECRET_LENGTH: Final = 8
 
 # Every Secret alive in the process, so that server text can be cleaned where it is read (in a
 # parser, in an exception's constructor) without the key being passed down to every such place.
-# Held weakly: a Secret no longer referenced is forgotten. The lock guards the set against a
-# Secret made in another thread while one is being cleaned.
-_LIVE: Final[weakref.WeakSet[Secret]] = weakref.WeakSet()
+# Held weakly: a Secret no longer referenced is forgotten. Keyed by identity, not by value
+# (a WeakSet would keep one of two equal Secrets, and forget the value when that one died).
+# The lock guards it against a Secret made in another thread while text is being cleaned.
+_LIVE: Final[weakref.WeakValueDictionary[int, Secret]] = weakref.WeakValueDictionary()
 _LIVE_LOCK: Final = threading.Lock()
 
 
@@ -55,7 +56,7 @@ class Secret:
         self._grams = _grams(value)
         if self._grams:
             with _LIVE_LOCK:
-                _LIVE.add(self)
+                _LIVE[id(self)] = self
 
     def reveal(self) -> str:
         """Return the secret itself. Call only to put it into an outgoing request."""
@@ -184,21 +185,29 @@ def _grams_of(secrets: Iterable[str | Secret]) -> tuple[frozenset[str], int]:
 
 
 def redact(text: str, secrets: Iterable[str | Secret]) -> str:
-    """Return *text* with every occurrence, and every fragment, of each secret masked.
+    """Return *text* with every whole occurrence of each secret replaced by a mask.
 
-    A server that quotes the key it received back in an error message (some compatible servers
-    and proxies do) must not put it into a failure, a log line or an errors file. The fragment
-    rule: every stretch of the text covered by runs of eight consecutive characters of a secret
-    is replaced by one mask, so a whole key, a key cut by a truncation, and any prefix, suffix
-    or middle part of eight characters or more are all masked. Fewer than eight characters of a
-    key are left: they tell an attacker little, and masking them would mask ordinary words.
-    Values shorter than eight characters are left alone for the same reason.
+    For text that mixes corral's own words with server text already cleaned by :func:`scrub`
+    (a failure's message, an attempt's exception): whole keys only, so that a word a key
+    happens to contain (``sk-redirect-...``) is never masked in corral's own sentences. Values
+    shorter than eight characters are left alone: they would mask ordinary words.
 
     Args:
         text: The text to clean.
         secrets: The secrets, as strings or :class:`Secret` objects.
     """
-    return _mask_grams(text, _grams_of(secrets)[0])
+    values = {s._value if isinstance(s, Secret) else s for s in secrets}
+    # Longest first, so that a whole "Bearer <key>" is masked as one.
+    for value in sorted(values, key=len, reverse=True):
+        if len(value) >= _MIN_SECRET_LENGTH and value in text:
+            text = text.replace(value, _MASK)
+    return text
+
+
+def live_secrets() -> list[Secret]:
+    """Return every :class:`Secret` alive in the process (those of 8 characters or more)."""
+    with _LIVE_LOCK:
+        return list(_LIVE.values())
 
 
 def scrub(
@@ -207,19 +216,20 @@ def scrub(
     """Return server text fit for an error message: secrets masked first, then cut to *limit*.
 
     The way text a server sent (an error body, a stream chunk, a field's value) enters an
-    :class:`corral.ErrorInfo` or an exception. Masks every fragment of every live
-    :class:`Secret` and of *secrets* (see :func:`redact` for the rule) *before* cutting, so the
-    cut can never leave a key's prefix behind; at most *limit* characters are kept. Bytes are
-    decoded as UTF-8, bad sequences replaced.
+    :class:`corral.ErrorInfo` or an exception, where corral reads it. The fragment rule: every
+    stretch of the text covered by runs of eight consecutive characters of a secret (every live
+    :class:`Secret`, and *secrets*) is replaced by one mask, so a whole key, and any prefix,
+    suffix or middle part of eight characters or more, are all masked. Fewer than eight
+    characters of a key are left: they tell little, and masking them would mask ordinary
+    words. The text is masked *before* it is cut, so a cut never leaves part of a key behind;
+    at most *limit* characters are kept. Bytes are decoded as UTF-8, bad sequences replaced.
 
     Args:
         text: The server's text, or its raw bytes.
         limit: The most characters to keep; None keeps them all.
         secrets: More secrets to mask, such as the credentials of the request's headers.
     """
-    with _LIVE_LOCK:
-        live = list(_LIVE)
-    grams, longest = _grams_of((*live, *secrets))
+    grams, longest = _grams_of((*live_secrets(), *secrets))
     if limit is not None:
         # Only a window can reach the kept part: a key that starts before `limit` ends within
         # the longest secret's length after it (and a character is at most 4 bytes of UTF-8).

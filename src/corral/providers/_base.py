@@ -17,6 +17,7 @@ import json.encoder
 import os
 import re
 from collections.abc import Mapping
+from functools import partial
 from typing import Any, Final, Protocol, runtime_checkable
 
 import attrs
@@ -32,7 +33,7 @@ from .._models import (
     EmbeddingResult,
     ErrorInfo,
 )
-from .._secret import Secret, header_secrets, scrub
+from .._secret import Secret, header_secrets, live_secrets, redact, scrub
 from .._transport.httpx_internals import json_post
 
 __all__ = [
@@ -50,15 +51,16 @@ class InvalidResponse(Exception):
     """Raised by an adapter when a response cannot be understood.
 
     The client turns it into a failure of kind ``invalid_response``. A stream parser raises it
-    when a stream ended before its final event. The message may quote the server, so any
-    fragment of a key in it is masked here, before the exception exists anywhere else.
+    when a stream ended before its final event. Server text in the message is cleaned with
+    :func:`corral._secret.scrub` where it is read; a whole key that slipped through (in the
+    ``repr`` of a value a parser choked on) is masked here, before the exception exists.
 
     Args:
         message: What is wrong with the response.
     """
 
     def __init__(self, message: str) -> None:
-        super().__init__(scrub(message))
+        super().__init__(redact(message, live_secrets()))
 
 
 class ProviderError(Exception):
@@ -68,7 +70,8 @@ class ProviderError(Exception):
     (``promptFeedback.blockReason``) with a 200. The client treats it like an error response
     described by :meth:`Provider.classify_error`.
 
-    The message comes from the server: any fragment of a key in it is masked here.
+    The message is the server's: any fragment of a key in it is masked here (see
+    :func:`scrubbed`), before the exception exists.
 
     Args:
         info: The failure, normalised.
@@ -625,13 +628,15 @@ def error_info(
     verdict = should_retry_override(response.headers)
     if verdict is not None and response.status_code >= 400:
         retryable = verdict
-    if 300 <= response.status_code < 400:
-        where = response.headers.get("location", "?")
-        message = f"redirect to {where} not followed (API calls never follow redirects)"
     credentials = request_secrets(response)
+    # Only the server's words are masked: a word a key contains stays in corral's own.
+    message = scrub(message, secrets=credentials)
+    if 300 <= response.status_code < 400:
+        where = scrub(response.headers.get("location", "?"), secrets=credentials)
+        message = f"redirect to {where} not followed (API calls never follow redirects)"
     return ErrorInfo(
         kind,
-        scrub(message, secrets=credentials),
+        message,
         status_code=response.status_code,
         retryable=retryable,
         retry_after_s=parse_retry_after(response.headers),
@@ -662,15 +667,18 @@ def body_excerpt(response: httpx2.Response, limit: int = 200) -> str:
     return scrub(response.content, limit=limit, secrets=request_secrets(response)).strip()
 
 
-def scrubbed(info: ErrorInfo) -> ErrorInfo:
+def scrubbed(info: ErrorInfo, *, whole: bool = False) -> ErrorInfo:
     """Return *info* with any fragment of a live key masked in its message and provider code.
 
     Args:
         info: A failure whose text may come from a server.
+        whole: Mask whole keys only, for a message in corral's own words around server text
+            that was cleaned where it was read.
     """
-    message = scrub(info.message)
+    clean: Any = partial(redact, secrets=live_secrets()) if whole else scrub
+    message = clean(info.message)
     code = info.provider_code
-    code = None if code is None else scrub(code)
+    code = None if code is None else clean(code)
     if message == info.message and code == info.provider_code:
         return info
     return attrs.evolve(info, message=message, provider_code=code)
