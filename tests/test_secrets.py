@@ -97,3 +97,77 @@ def test_key_is_never_in_the_url() -> None:
     )
     assert_clean(str(request.url))
     assert_clean(repr(request))
+
+
+# -- the fragment rule --------------------------------------------------------------------------
+
+FRAGMENT_KEY = "sk-frag-0123456789abcdefghijklmnopqrstuv"
+
+
+def test_scrub_masks_every_fragment_of_eight_characters_or_more() -> None:
+    """A key's prefix, suffix or middle of 8+ characters is masked; 7 or fewer are left."""
+    from corral._secret import scrub
+
+    key = FRAGMENT_KEY
+    for fragment in (key, key[:8], key[:20], key[-8:], key[5:30]):
+        text = scrub(f"bad key: {fragment}!", secrets=[key])
+        assert text == "bad key: ********!", (fragment, text)
+    short = f"short {key[:7]} and {key[-7:]}"
+    assert scrub(short, secrets=[key]) == short
+    # Two fragments apart: two masks, the words between them kept.
+    assert scrub(f"{key[:10]} then {key[-10:]}", secrets=[key]) == "******** then ********"
+    assert scrub("nothing to hide here", secrets=[key]) == "nothing to hide here"
+
+
+def test_redact_masks_whole_keys_and_spares_corral_s_words() -> None:
+    """``redact`` (for corral's own sentences) masks a whole key, never a word a key contains."""
+    from corral._secret import redact
+
+    key = "sk-redirect-canary-5e0d1c2b"
+    assert (
+        redact(f"redirect not followed; key {key}", [key]) == "redirect not followed; key ********"
+    )
+
+
+def test_scrub_masks_before_it_cuts() -> None:
+    """A cut falling inside a key leaves none of it: the key is masked first, then cut."""
+    from corral._secret import scrub
+
+    text = "x" * 190 + FRAGMENT_KEY + " tail"
+    for data in (text, text.encode()):
+        cut = scrub(data, limit=200, secrets=[FRAGMENT_KEY])
+        assert cut == ("x" * 190 + "******** tail")[:200]
+    assert scrub("y" * 195 + FRAGMENT_KEY, limit=200, secrets=[FRAGMENT_KEY]) == "y" * 195 + "*****"
+
+
+def test_scrub_masks_every_live_secret_without_being_given_it() -> None:
+    """Server text is cleaned of any live Secret's fragments; a collected Secret is forgotten."""
+    import gc
+
+    from corral._secret import scrub
+
+    key = "sk-live-" + "q7w8e9r0t1y2u3i4o5p6"
+    secret = corral.Secret(key)
+    assert scrub(f"echo {key[4:20]} done") == "echo ******** done"
+    # An equal Secret made and dropped meanwhile does not make the first one forgotten.
+    twin = corral.Secret(key)
+    del twin
+    gc.collect()
+    assert scrub(f"echo {key[4:20]} done") == "echo ******** done"
+    del secret
+    gc.collect()
+    assert scrub(f"echo {key[4:20]} done") == f"echo {key[4:20]} done"
+
+
+def test_exceptions_built_from_server_text_are_masked_when_built() -> None:
+    """InvalidResponse and ProviderError never hold a live key, not even for a moment."""
+    from corral.providers._base import InvalidResponse, ProviderError, loads
+
+    secret = corral.Secret(FRAGMENT_KEY)
+    with pytest.raises(InvalidResponse) as raised:
+        loads(("z" * 100 + secret.reveal()).encode(), "stream chunk")
+    assert "********" in str(raised.value)
+    assert FRAGMENT_KEY[:8] not in str(raised.value)
+    info = corral.ErrorInfo(corral.ErrorKind.SERVER_ERROR, f"bad {FRAGMENT_KEY}")
+    error = ProviderError(info)
+    assert FRAGMENT_KEY[:8] not in repr(error) + str(error)

@@ -34,6 +34,7 @@ from .providers._base import (
     Provider,
     ProviderError,
     StreamingProvider,
+    scrubbed,
 )
 from .providers._headers import read_rate_limits
 
@@ -59,6 +60,8 @@ class AttemptFailed(Exception):
     __slots__ = ("final", "gave_up", "info")
 
     def __init__(self, info: ErrorInfo, *, final: bool = False) -> None:
+        # Masked before stamina's hooks and loggers see it: they print its repr.
+        info = scrubbed(info, whole=True)
         super().__init__(info.message)
         self.info = info
         self.final = final
@@ -347,7 +350,9 @@ class Exchange:
             except (InvalidResponse, ProviderError) as exc:
                 raise _parse_failure(exc, status) from exc
             return EventReader.whole(response, completion, start)
-        reader = EventReader(response, provider.stream_parser(request), start)
+        reader = EventReader(
+            response, provider.stream_parser(request), start, idle_timeout=self._request_timeout
+        )
         try:
             await reader.prime()
         except BaseException as exc:

@@ -9,6 +9,7 @@ The events come from httpx2's SSE reader (:class:`httpx2.EventSource`); the prov
 from __future__ import annotations
 
 import codecs
+import math
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, cast
 
@@ -19,6 +20,7 @@ import httpx2
 from ._errors import RequestFailed, exception_for
 from ._flow.retry import classify_exception
 from ._models import Completion, ErrorInfo, ErrorKind
+from ._secret import scrub
 from .providers._base import InvalidResponse, ProviderError, StreamParser
 
 if TYPE_CHECKING:
@@ -37,6 +39,12 @@ def stream_failure(exc: BaseException) -> ErrorInfo | None:
     Args:
         exc: The exception.
     """
+    if isinstance(exc, _Idle):
+        return ErrorInfo(
+            ErrorKind.TIMEOUT,
+            f"no stream event within request_timeout={exc.timeout:g}s",
+            retryable=True,
+        )
     if isinstance(exc, ProviderError):
         return exc.info
     if isinstance(exc, InvalidResponse):
@@ -44,10 +52,18 @@ def stream_failure(exc: BaseException) -> ErrorInfo | None:
     if isinstance(exc, httpx2.SSEError):
         # httpx2 files it under TransportError, but a malformed event stream is the server's
         # answer, not a broken connection.
-        return ErrorInfo(ErrorKind.INVALID_RESPONSE, f"bad event stream: {exc}")
+        return ErrorInfo(ErrorKind.INVALID_RESPONSE, f"bad event stream: {scrub(str(exc))}")
     if isinstance(exc, httpx2.HTTPError | OSError):
         return classify_exception(exc)
     return None
+
+
+class _Idle(Exception):
+    """No event came within the idle timeout (keep-alive comments are not events)."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(f"no stream event within {timeout:g}s")
+        self.timeout = timeout
 
 
 class EventReader:
@@ -59,6 +75,8 @@ class EventReader:
         response: The 2xx ``text/event-stream`` response, opened with ``stream=True``.
         parser: The provider's parser for this attempt.
         start: The request's start on ``anyio.current_time()``'s clock; TTFT counts from it.
+        idle_timeout: The most seconds between two events (the client's ``request_timeout``);
+            a server that sends only keep-alive comments for longer fails as ``timeout``.
     """
 
     __slots__ = (
@@ -67,6 +85,7 @@ class EventReader:
         "_events",
         "_first",
         "_gaps",
+        "_idle_timeout",
         "_last",
         "_parser",
         "_pending",
@@ -75,8 +94,16 @@ class EventReader:
         "_whole",
     )
 
-    def __init__(self, response: httpx2.Response, parser: StreamParser, start: float) -> None:
+    def __init__(
+        self,
+        response: httpx2.Response,
+        parser: StreamParser,
+        start: float,
+        *,
+        idle_timeout: float = math.inf,
+    ) -> None:
         self._response = response
+        self._idle_timeout = idle_timeout
         self._parser = parser
         self._start = start
         self._events: AsyncGenerator[httpx2.ServerSentEvent] | None = None
@@ -153,12 +180,24 @@ class EventReader:
             self._events = cast(
                 "AsyncGenerator[httpx2.ServerSentEvent]", aiter(httpx2.EventSource(view))
             )
-        async for event in self._events:
+        events = self._events
+        timeout = self._idle_timeout
+        while True:
+            if timeout == math.inf:
+                event = await anext(events, None)
+            else:
+                # Comments (": ping") keep the connection busy but are no event: each event
+                # must come within the timeout of the one before.
+                with anyio.move_on_after(timeout) as scope:
+                    event = await anext(events, None)
+                if scope.cancelled_caught:
+                    raise _Idle(timeout)
+            if event is None:
+                return None
             delta = self._parser.feed(event)
             if delta:
                 self._mark()
                 return delta
-        return None
 
     def completion(self) -> Completion:
         """Return the completion, with ``ttft_s`` and the gaps; raise when it was truncated."""

@@ -29,6 +29,7 @@ from ._base import (
     add_request_id,
     as_text,
     base_headers,
+    body_excerpt,
     check_api_key,
     check_base_url,
     check_headers,
@@ -287,7 +288,7 @@ class Anthropic:
         data = try_json(response)
         err = data.get("error") if isinstance(data, dict) else None
         if not isinstance(err, dict):
-            text = response.content[:200].decode("utf-8", "replace").strip()
+            text = body_excerpt(response)
             message = f"HTTP {response.status_code}" + (f": {text}" if text else "")
             return error_info(response, message)
         typed = _error_from_object(err, response.status_code)

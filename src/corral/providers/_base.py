@@ -17,8 +17,10 @@ import json.encoder
 import os
 import re
 from collections.abc import Mapping
+from functools import partial
 from typing import Any, Final, Protocol, runtime_checkable
 
+import attrs
 import httpx2
 
 from .._errors import ConfigurationError, ConfigurationTypeError, InvalidRequestError
@@ -32,7 +34,7 @@ from .._models import (
     RateLimitHeaders,
     Usage,
 )
-from .._secret import Secret
+from .._secret import Secret, header_secrets, live_secrets, redact, scrub
 from .._transport.httpx_internals import json_post
 from ._headers import classify_status, parse_retry_after, should_retry_override
 
@@ -51,8 +53,16 @@ class InvalidResponse(Exception):
     """Raised by an adapter when a response cannot be understood.
 
     The client turns it into a failure of kind ``invalid_response``. A stream parser raises it
-    when a stream ended before its final event.
+    when a stream ended before its final event. Server text in the message is cleaned with
+    :func:`corral._secret.scrub` where it is read; a whole key that slipped through (in the
+    ``repr`` of a value a parser choked on) is masked here, before the exception exists.
+
+    Args:
+        message: What is wrong with the response.
     """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message, live_secrets()))
 
 
 class ProviderError(Exception):
@@ -62,11 +72,15 @@ class ProviderError(Exception):
     (``promptFeedback.blockReason``) with a 200. The client treats it like an error response
     described by :meth:`Provider.classify_error`.
 
+    The message is the server's: any fragment of a key in it is masked here (see
+    :func:`scrubbed`), before the exception exists.
+
     Args:
         info: The failure, normalised.
     """
 
     def __init__(self, info: ErrorInfo) -> None:
+        info = scrubbed(info)
         super().__init__(info.message)
         self.info = info
 
@@ -489,9 +503,8 @@ def loads(text: str | bytes, what: str) -> Any:
         return json.loads(text)
     except (ValueError, RecursionError) as exc:
         # UnicodeDecodeError is a ValueError; RecursionError is a hostile nesting depth.
-        raw = text[:120]
-        snippet = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-        raise InvalidResponse(f"{what} is not JSON: {snippet!r}") from exc
+        # Masked before it is cut: a cut key would no longer match the key.
+        raise InvalidResponse(f"{what} is not JSON: {scrub(text, limit=120)!r}") from exc
 
 
 # json's scanner (its C one where there is one): reads one value from a position in a text.
@@ -556,7 +569,9 @@ def token_count(usage: Mapping[str, Any], key: str) -> int:
     try:
         count = int(value)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise InvalidResponse(f"usage field {key!r} is not a token count: {value!r:.80}") from exc
+        raise InvalidResponse(
+            f"usage field {key!r} is not a token count: {scrub(repr(value), limit=80)}"
+        ) from exc
     if count < 0:
         raise InvalidResponse(f"usage field {key!r} is negative: {count}")
     if count > MAX_TOKEN_COUNT:
@@ -575,7 +590,7 @@ def as_text(value: Any) -> str:
     if value is None:
         return ""
     try:
-        return json.dumps(value)[:200]
+        return scrub(json.dumps(value), limit=200)
     except (ValueError, RecursionError):
         return f"<{type(value).__name__}>"
 
@@ -622,8 +637,11 @@ def error_info(
     verdict = should_retry_override(response.headers)
     if verdict is not None and response.status_code >= 400:
         retryable = verdict
+    credentials = request_secrets(response)
+    # Only the server's words are masked: a word a key contains stays in corral's own.
+    message = scrub(message, secrets=credentials)
     if 300 <= response.status_code < 400:
-        where = response.headers.get("location", "?")
+        where = scrub(response.headers.get("location", "?"), secrets=credentials)
         message = f"redirect to {where} not followed (API calls never follow redirects)"
     return ErrorInfo(
         kind,
@@ -631,7 +649,7 @@ def error_info(
         status_code=response.status_code,
         retryable=retryable,
         retry_after_s=parse_retry_after(response.headers),
-        provider_code=provider_code,
+        provider_code=None if provider_code is None else scrub(provider_code, secrets=credentials),
     )
 
 
@@ -809,3 +827,43 @@ def may_be_billed(info: ErrorInfo, cause: BaseException | None) -> bool:
     if status is not None:
         return 200 <= status < 300
     return not isinstance(cause, httpx2.ConnectError | httpx2.ConnectTimeout)
+
+
+def request_secrets(response: httpx2.Response) -> tuple[str, ...]:
+    """Return the credentials the request behind *response* carried (none when it is unknown).
+
+    Args:
+        response: A response; its ``request`` is set by whoever sent it.
+    """
+    try:
+        request = response.request
+    except RuntimeError:  # a response built by hand, never sent
+        return ()
+    return header_secrets(request.headers.multi_items())
+
+
+def body_excerpt(response: httpx2.Response, limit: int = 200) -> str:
+    """Return the start of a body that is not a JSON error, keys masked before it is cut.
+
+    Args:
+        response: The read error response.
+        limit: The most characters to keep.
+    """
+    return scrub(response.content, limit=limit, secrets=request_secrets(response)).strip()
+
+
+def scrubbed(info: ErrorInfo, *, whole: bool = False) -> ErrorInfo:
+    """Return *info* with any fragment of a live key masked in its message and provider code.
+
+    Args:
+        info: A failure whose text may come from a server.
+        whole: Mask whole keys only, for a message in corral's own words around server text
+            that was cleaned where it was read.
+    """
+    clean: Any = partial(redact, secrets=live_secrets()) if whole else scrub
+    message = clean(info.message)
+    code = info.provider_code
+    code = None if code is None else clean(code)
+    if message == info.message and code == info.provider_code:
+        return info
+    return attrs.evolve(info, message=message, provider_code=code)

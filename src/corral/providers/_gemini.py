@@ -33,6 +33,7 @@ from ._base import (
     add_request_id,
     as_text,
     base_headers,
+    body_excerpt,
     check_api_key,
     check_base_url,
     check_headers,
@@ -360,7 +361,7 @@ class Gemini:
             data = data[0]  # some endpoints wrap the error in a list
         err = data.get("error") if isinstance(data, dict) else None
         if not isinstance(err, dict):
-            text = response.content[:200].decode("utf-8", "replace").strip()
+            text = body_excerpt(response)
             message = f"HTTP {response.status_code}" + (f": {text}" if text else "")
             return error_info(response, message)
         typed = _error_from_object(err, response.status_code, response.headers)

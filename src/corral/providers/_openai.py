@@ -30,6 +30,7 @@ from ._base import (
     add_request_id,
     as_text,
     base_headers,
+    body_excerpt,
     check_api_key,
     check_base_url,
     check_headers,
@@ -269,7 +270,7 @@ class OpenAI:
         elif isinstance(err, str):
             message = err
         elif data is None:
-            text = response.content[:200].decode("utf-8", "replace").strip()
+            text = body_excerpt(response)
             if text:
                 message = f"{message}: {text}"
         kind = None
