@@ -26,6 +26,7 @@ MAX_CUSTOM_ID: Final = 512
 """The longest ``custom_id`` accepted, in characters (OpenAI's Batch API uses the same bound)."""
 
 _BOM: Final = b"\xef\xbb\xbf"
+_TOO_DEEP: Final = "JSON nested too deeply (arrays or objects inside each other ~1000 levels deep)"
 _MAX_SALTS: Final = 4
 # How often the slow loops look at the stop flag and, in the event loop, yield to other tasks.
 CHECK_EVERY: Final = 4096
@@ -71,6 +72,8 @@ def parse_line(raw: bytes, model: str | None) -> ChatRequest:
         obj = json.loads(raw)
     except ValueError as exc:  # UnicodeDecodeError is a ValueError too
         raise BadLine(f"invalid JSON: {exc}") from None
+    except RecursionError:
+        raise BadLine(_TOO_DEEP) from None
     if not isinstance(obj, dict):
         raise BadLine(f"a line must be a JSON object, got {type(obj).__name__}")
     custom_id = obj.get("custom_id")
@@ -109,6 +112,9 @@ def parse_line(raw: bytes, model: str | None) -> ChatRequest:
         return ChatRequest.from_openai(body, id=custom_id)
     except (TypeError, ValueError) as exc:
         raise BadLine(f"invalid body: {exc}") from None
+    except RecursionError:
+        # Converting a value nested almost as deep as json.loads allows may recurse further.
+        raise BadLine(_TOO_DEEP) from None
 
 
 def _count_lines(path: str) -> int:
