@@ -551,7 +551,11 @@ class JsonlJob:
         self._prior = (ok, failed, kinds)
         _sync_directory(output)
         _sync_directory(errors)
-        save_manifest(mpath, identity, self._prev_ledger, base)
+        try:
+            save_manifest(mpath, identity, self._prev_ledger, base)
+        except OSError as exc:
+            # A failed write() names no file: say which one.
+            raise OutputWriteError(mpath, exc) from exc
         if self._retry_failed:
             # Earlier failures are sent again; their old records would then be stale. Cut only
             # once the manifest no longer counts them, so that it never counts more than is there.
