@@ -105,8 +105,9 @@ async def test_a_piped_input_is_read_and_a_rerun_of_the_same_data_resumes(tmp_pa
     assert _leftovers(work, out, work / "out.errors.jsonl", work / "out.jsonl.manifest.json") == []
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="uses /proc/self/fd")
 async def test_corral_run_reads_dev_stdin_from_a_pipe(tmp_path: Path) -> None:
-    """``cat in.jsonl | corral run /dev/stdin`` answers every line (it printed ``requests 0``)."""
+    """``cat in.jsonl | corral run /dev/stdin`` answers every line; the same data piped resumes."""
     source = tmp_path / "in.jsonl"
     ids = write_input(source, 12)
     out = tmp_path / "out.jsonl"
@@ -118,6 +119,16 @@ async def test_corral_run_reads_dev_stdin_from_a_pipe(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr.decode()
     assert sorted(ids_of(out)) == sorted(ids)
+    # The same data through another pipe path (as a process substitution's /dev/fd/N varies)
+    # resumes: nothing is sent again, nothing recorded.
+    again = await anyio.run_process(
+        corral_command("run", "/proc/self/fd/0", "-o", out, "--mock", "--no-progress"),
+        input=source.read_bytes(),
+        env=child_env(),
+        check=False,
+    )
+    assert again.returncode == 0, again.stderr.decode()
+    assert len(ids_of(out)) == len(ids)
 
 
 # -- lines nested too deeply ---------------------------------------------------------------------

@@ -828,7 +828,8 @@ def _spool_input(source: str, output: str, should_stop: Callable[[], bool]) -> t
             os.unlink(spool)
         raise
     os.close(fd)
-    return spool, f"piped input {source} (sha256 {digest})"
+    # Not the pipe's own path: /dev/fd/63 today may be /dev/fd/62 on the rerun.
+    return spool, f"piped input (sha256 {digest})"
 
 
 def _copy_to(source: str, fd: int, path: str, should_stop: Callable[[], bool]) -> str:
