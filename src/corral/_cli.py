@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--restart",
         action="store_true",
-        help="start over even if OUTPUT belongs to another job "
+        help="start over even if OUTPUT belongs to another job or lost records "
         "(existing files are kept with a .bak suffix)",
     )
     run.add_argument(

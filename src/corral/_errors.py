@@ -15,6 +15,7 @@ The tree::
     ├── JobError                                    a JSONL job cannot start or continue
     │   ├── JobMismatchError                        the output belongs to another input or run
     │   ├── CorruptOutputError                      a malformed record mid-file
+    │   ├── OutputLostError                         records the manifest counts are gone
     │   ├── JobLockedError                          another run is writing the same output
     │   └── OutputWriteError                        writing or syncing the output failed
     └── RequestFailed                               one request failed; .info, .request_id
@@ -363,6 +364,35 @@ class CorruptOutputError(JobError):
         super().__init__(
             f"{path}, line {line}: {reason}. Only a torn last line is repaired automatically; "
             f"fix or remove this line (or pass --restart to start over)."
+        )
+
+
+class OutputLostError(JobError):
+    """An output or errors file holds less than its manifest says was written and synced.
+
+    The file was truncated, replaced or deleted after the job wrote it. Resuming would send again,
+    and pay again for, every request whose record is gone, so corral refuses.
+
+    Args:
+        path: The file that lost records.
+        manifest: The manifest that counts them.
+        expected: ``(records, bytes)`` the manifest says were synced.
+        found: ``(records, bytes)`` the file holds now.
+    """
+
+    def __init__(
+        self, path: str, manifest: str, expected: tuple[int, int], found: tuple[int, int]
+    ) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.expected = expected
+        self.found = found
+        super().__init__(
+            f"{path} holds {found[0]:,} record(s) ({found[1]:,} bytes), but {manifest} says "
+            f"{expected[0]:,} record(s) ({expected[1]:,} bytes) were written: the file was "
+            f"truncated, replaced or deleted since. Resuming would send those requests again "
+            f"and pay for them twice. Restore the file, or pass --restart (restart=True) to start "
+            f"over; the existing files are then kept with a .bak suffix."
         )
 
 

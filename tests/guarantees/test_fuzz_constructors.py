@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import inspect
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -242,16 +243,36 @@ def models_like(v: Any) -> bool:
 
 
 def loopback_url(v: Any) -> bool:
-    return isinstance(v, str) and v.startswith(("http://", "https://"))
+    if not (isinstance(v, str) and v.startswith(("http://", "https://"))):
+        return False
+    try:
+        port = httpx2.URL(v).port
+    except httpx2.InvalidURL:
+        return False
+    return port is None or 0 < port <= 65535
+
+
+def header_safe(v: Any) -> bool:
+    """Whether *v* can be an HTTP header value: printable ASCII and tabs only."""
+    return isinstance(v, str) and all(c == "\t" or " " <= c <= "~" for c in v)
+
+
+HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+HEADER_TEXT = st.text(
+    st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=10
+)
+
+
+def headers_like(v: Any) -> bool:
+    return v is None or (
+        str_dict(v) and all(HEADER_NAME.fullmatch(k) and header_safe(x) for k, x in v.items())
+    )
 
 
 PROVIDER_ARGS = {
     "base_url": Arg(loopback_url, st.just("http://127.0.0.1:9")),
     "api_key": Arg(optional(instance_of(str, Secret)), st.none() | st.just("sk-fuzz-key")),
-    "headers": Arg(
-        lambda v: v is None or (str_dict(v) and all(isinstance(x, str) for x in v.values())),
-        st.none() | st.just({"x-extra": "1"}),
-    ),
+    "headers": Arg(headers_like, st.none() | st.just({"x-extra": "1"})),
 }
 
 SPECS: dict[str, Spec] = {
@@ -417,8 +438,8 @@ SPECS: dict[str, Spec] = {
         {
             **PROVIDER_ARGS,
             "api_key_env": Arg(nonempty_str, st.just("CORRAL_FUZZ_UNSET")),
-            "organization": Arg(optional(is_str), st.none() | TEXT),
-            "project": Arg(optional(is_str), st.none() | TEXT),
+            "organization": Arg(optional(header_safe), st.none() | HEADER_TEXT),
+            "project": Arg(optional(header_safe), st.none() | HEADER_TEXT),
         },
         required={"base_url": "http://127.0.0.1:9"},
     ),
@@ -427,7 +448,7 @@ SPECS: dict[str, Spec] = {
         {
             **PROVIDER_ARGS,
             "api_key_env": Arg(nonempty_str, st.just("CORRAL_FUZZ_UNSET")),
-            "version": Arg(nonempty_str, st.just("2023-06-01")),
+            "version": Arg(lambda v: nonempty_str(v) and header_safe(v), st.just("2023-06-01")),
         },
         required={"base_url": "http://127.0.0.1:9"},
     ),
@@ -436,7 +457,7 @@ SPECS: dict[str, Spec] = {
         {
             **PROVIDER_ARGS,
             "api_key_env": Arg(nonempty_str, st.just("CORRAL_FUZZ_UNSET")),
-            "api_version": Arg(nonempty_str, st.just("v1beta")),
+            "api_version": Arg(lambda v: nonempty_str(v) and header_safe(v), st.just("v1beta")),
         },
         required={"base_url": "http://127.0.0.1:9"},
     ),
@@ -726,3 +747,68 @@ def test_virtual_time_loop_arguments(value: Any) -> None:
         loop.close()
     assert isinstance(error, TypeError | ValueError), f"{value!r} gave {error!r}"
     assert "autojump_threshold" in str(error)
+
+
+_SECRETISH = "sk-do-not-print-me"
+
+
+@pytest.mark.parametrize("provider", [OpenAI, Anthropic, Gemini])
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"base_url": "http://127.0.0.1:99999/v1"}, "port 99999"),
+        ({"base_url": "http://127.0.0.1:0"}, "port 0"),
+        ({"base_url": "https://api.example.com:65536"}, "port 65536"),
+        ({"headers": {"x-team": f"{_SECRETISH}\u00e9"}}, "x-team"),
+        ({"headers": {"x-team": f"{_SECRETISH}\r\nx-injected: 1"}}, "x-team"),
+        ({"headers": {"x-team": f"{_SECRETISH}\n"}}, "x-team"),
+        ({"headers": {"x-team": f"{_SECRETISH}\x00"}}, "x-team"),
+        ({"headers": {"x team": "1"}}, "header name"),
+        ({"headers": {"x-team:": "1"}}, "header name"),
+        ({"headers": {"x-t\u00e9am": "1"}}, "header name"),
+        ({"api_key": f"{_SECRETISH}\n"}, "api_key"),
+        ({"api_key": f"{_SECRETISH}\u00e9"}, "api_key"),
+        ({"api_key": f"\r{_SECRETISH}"}, "api_key"),
+    ],
+)
+def test_providers_refuse_what_cannot_be_sent(
+    provider: Any, kwargs: dict[str, Any], named: str
+) -> None:
+    """A port out of range, an unsendable header or key: ConfigurationError at construction.
+
+    The message names the parameter and never quotes a header's value or a key.
+    """
+    base = {"base_url": "http://127.0.0.1:9", "api_key": "sk-test"}
+    with pytest.raises(corral.ConfigurationError) as info:
+        provider(**{**base, **kwargs})
+    message = str(info.value)
+    assert named in message
+    assert _SECRETISH not in message
+
+
+@pytest.mark.parametrize(
+    ("provider", "option"),
+    [
+        (OpenAI, "organization"),
+        (OpenAI, "project"),
+        (Anthropic, "version"),
+        (Gemini, "api_version"),
+    ],
+)
+@pytest.mark.parametrize("bad", ["org\r\nx-injected: 1", "org\n", "\u00e9quipe", "a\x00b"])
+def test_provider_options_that_travel_in_headers_are_checked(
+    provider: Any, option: str, bad: str
+) -> None:
+    """An option sent as a header (organization, version...) with CR/LF or non-ASCII is refused."""
+    with pytest.raises(corral.ConfigurationError, match=option):
+        provider(base_url="http://127.0.0.1:9", api_key="sk-test", **{option: bad})
+
+
+def test_an_api_key_from_the_environment_with_a_newline_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A key read from the environment with a trailing newline is refused without quoting it."""
+    monkeypatch.setenv("CORRAL_FUZZ_KEY", f"{_SECRETISH}\n")
+    with pytest.raises(corral.ConfigurationError) as info:
+        OpenAI(api_key_env="CORRAL_FUZZ_KEY")
+    assert _SECRETISH not in str(info.value)

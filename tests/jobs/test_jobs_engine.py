@@ -30,6 +30,7 @@ from .jobkit import (
     ids_of,
     mock_client,
     read_jsonl,
+    rewind_manifest,
     wait_until,
     write_input,
     write_lines,
@@ -78,6 +79,7 @@ async def test_resume_never_resends_a_durable_success(tmp_path: Path) -> None:
         await run_jsonl(client, inp, out)
     kept = out.read_bytes().splitlines(keepends=True)[:20]
     out.write_bytes(b"".join(kept))
+    rewind_manifest(out, 20)
     done = set(ids_of(out))
     server = MockServer()
     async with mock_client(server) as client:
@@ -226,6 +228,7 @@ async def test_resume_repairs_a_torn_tail_and_appends_readable_records(
         await run_jsonl(client, inp, out)
     records = out.read_bytes().splitlines(keepends=True)
     out.write_bytes(b"".join(records[:9]) + _torn(records[9], how))
+    rewind_manifest(out, 9)
     done = {json.loads(r)["custom_id"] for r in records[:9]}
     server = MockServer()
     async with mock_client(server) as client:

@@ -22,6 +22,7 @@ from .._errors import (
     JobError,
     JobLockedError,
     JobMismatchError,
+    OutputLostError,
     OutputWriteError,
 )
 from .._exports import publish
@@ -36,6 +37,7 @@ __all__ = [
     "JobProgress",
     "JobSummary",
     "JsonlJob",
+    "OutputLostError",
     "OutputWriteError",
     "run_jsonl",
 ]

@@ -16,7 +16,12 @@ again an id whose record is on disk.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+import stat
+import tempfile
+from collections.abc import Callable
 from typing import Any, Final, Literal
 
 import anyio
@@ -24,12 +29,25 @@ import anyio.lowlevel
 import attrs
 
 from .._client import Client
-from .._errors import JobLockedError, JobMismatchError, OutputWriteError, check_number
+from .._errors import (
+    JobLockedError,
+    JobMismatchError,
+    OutputLostError,
+    OutputWriteError,
+    check_number,
+)
 from .._models import BatchStatistics, ChatRequest, Result, Usage
 from ._ids import id_hash
 from ._input import InputScan, ScanStopped, pending_requests, scan_input
-from ._manifest import JobIdentity, Ledger, load_manifest, manifest_path, save_manifest
-from ._output import RecordWriter, read_records
+from ._manifest import (
+    FileMarks,
+    JobIdentity,
+    Ledger,
+    load_manifest,
+    manifest_path,
+    save_manifest,
+)
+from ._output import ExistingFile, RecordWriter, read_records, write_all
 
 try:
     import fcntl
@@ -222,8 +240,10 @@ class JsonlJob:
     __slots__ = (
         "_abort_requested",
         "_admission_scope",
+        "_base_marks",
         "_client",
         "_durable",
+        "_durable_marks",
         "_error",
         "_errors_path",
         "_fds",
@@ -244,6 +264,7 @@ class JsonlJob:
         "_send_t0",
         "_send_t1",
         "_session_ledger",
+        "_spool",
         "_state",
         "_stop_event",
         "_stop_requested",
@@ -312,6 +333,8 @@ class JsonlJob:
         self._send_t0: float | None = None
         self._send_t1: float | None = None
         self._last_checkpoint = 0.0
+        self._spool: str | None = None
+        self._base_marks = self._durable_marks = FileMarks()
 
     def __repr__(self) -> str:
         return (
@@ -395,6 +418,7 @@ class JsonlJob:
         try:
             await anyio.to_thread.run_sync(self._prepare)
         except ScanStopped:
+            self._close()
             self._state = "finished"
             return self._summary(interrupted=True)
         except BaseException:
@@ -413,20 +437,47 @@ class JsonlJob:
 
     def _prepare(self) -> None:
         """Validate the input, check the job's identity, open and repair the files (a thread)."""
-        scan = scan_input(self._input, model=self._model, should_stop=lambda: self._stop_requested)
+        input_path, input_label = self._input, None
+        if _is_stream(input_path):
+            self._spool, input_label = _spool_input(
+                input_path, self._output, lambda: self._stop_requested
+            )
+            input_path = self._spool
+        scan = scan_input(input_path, model=self._model, should_stop=lambda: self._stop_requested)
         self._scan = scan
-        output = self._output
-        errors = self._errors_path
         identity = JobIdentity(
-            input_path=scan.path,
+            # A pipe has no lasting path: its content's digest names it, so that piping the
+            # same data again resumes the job.
+            input_path=input_label or scan.path,
             input_size=scan.size,
             requests=scan.requests,
             ids_digest=scan.ids_digest,
-            errors_path=os.path.abspath(errors),
+            errors_path=os.path.abspath(self._errors_path),
             params={k: v for k, v in sorted(self._params.items()) if v is not None},
         )
         self._identity = identity
+        created: list[str] = []
+        try:
+            self._prepare_files(scan, identity, created)
+        except BaseException as exc:
+            # Leave nothing behind: the files this run created are still empty.
+            for path in created:
+                with contextlib.suppress(OSError):
+                    if os.stat(path).st_size == 0:
+                        os.unlink(path)
+            self._close()
+            if isinstance(exc, OSError):
+                # Every file touched here is the job's output: a full disk or a read-only
+                # directory is an output error, not a problem with the input.
+                raise OutputWriteError(exc.filename or self._output, exc) from exc
+            raise
+
+    def _prepare_files(self, scan: InputScan, identity: JobIdentity, created: list[str]) -> None:
+        """Check the manifest, open and repair the output and errors files, save the manifest."""
+        output = self._output
+        errors = self._errors_path
         mpath = manifest_path(output)
+        marks: FileMarks | None = None
         if self._restart:
             # Hold the old files' locks while moving them: never from under a running job.
             held = [_open_locked(p) for p in (output, errors) if os.path.exists(p)]
@@ -436,7 +487,6 @@ class JsonlJob:
             finally:
                 for fd in held:
                     os.close(fd)
-            loaded = None
         else:
             loaded = load_manifest(mpath)
             if loaded is None:
@@ -453,10 +503,12 @@ class JsonlJob:
                 if differences:
                     raise JobMismatchError(output, differences)
                 self._prev_ledger = loaded[1]
-        out_fd = _open_locked(output)
-        self._fds.append(out_fd)
-        err_fd = _open_locked(errors)
-        self._fds.append(err_fd)
+                marks = loaded[2]
+        for path in (output, errors):
+            if not os.path.exists(path):
+                created.append(path)
+            self._fds.append(_open_locked(path))
+        out_fd, err_fd = self._fds
 
         table = scan.table
         salt = scan.salt
@@ -485,17 +537,30 @@ class JsonlJob:
                 kinds[key] = kinds.get(key, 0) + 1
 
         existing = read_records(output, "output", visit_output)
+        if marks is not None:
+            _check_marks(existing, mpath, marks.output_records, marks.output_bytes)
         _cut(out_fd, existing.valid_bytes, existing.torn_bytes)
-        if self._retry_failed:
-            # Earlier failures are sent again; their old records would then be stale.
-            _cut(err_fd, 0, os.fstat(err_fd).st_size)
-        else:
+        base = FileMarks(existing.records, existing.valid_bytes)
+        if not self._retry_failed:
             existing_errors = read_records(errors, "errors", visit_errors)
+            if marks is not None:
+                _check_marks(existing_errors, mpath, marks.errors_records, marks.errors_bytes)
             _cut(err_fd, existing_errors.valid_bytes, existing_errors.torn_bytes)
+            errs = existing_errors
+            base = FileMarks(base.output_records, base.output_bytes, errs.records, errs.valid_bytes)
         self._prior = (ok, failed, kinds)
         _sync_directory(output)
         _sync_directory(errors)
-        save_manifest(mpath, identity, self._prev_ledger)
+        try:
+            save_manifest(mpath, identity, self._prev_ledger, base)
+        except OSError as exc:
+            # A failed write() names no file: say which one.
+            raise OutputWriteError(mpath, exc) from exc
+        if self._retry_failed:
+            # Earlier failures are sent again; their old records would then be stale. Cut only
+            # once the manifest no longer counts them, so that it never counts more than is there.
+            _cut(err_fd, 0, os.fstat(err_fd).st_size)
+        self._base_marks = self._durable_marks = base
         self._writer = RecordWriter(out_fd, output, err_fd, errors)
 
     async def _send(self) -> None:
@@ -559,6 +624,7 @@ class JsonlJob:
             await self._wake.wait()
             self._wake = anyio.Event()
             written = self._written
+            appended = self._writer.appended
             files = self._writer.take_dirty()
             if files:
                 try:
@@ -567,6 +633,7 @@ class JsonlJob:
                     self._fail(exc)
                     return
             self._durable = written
+            self._durable_marks = self._base_marks.plus(appended)
             now = anyio.current_time()
             if now - self._last_checkpoint >= _CHECKPOINT_EVERY:
                 self._last_checkpoint = now
@@ -594,6 +661,7 @@ class JsonlJob:
         try:
             if self._writer is not None:
                 written = self._written
+                appended = self._writer.appended
                 if self._error is None:
                     paths = (self._output, self._errors_path)
                     files = list(zip(self._fds, paths, strict=True))
@@ -601,6 +669,7 @@ class JsonlJob:
                         await anyio.to_thread.run_sync(RecordWriter.sync, files)
                         self._writer.take_dirty()
                         self._durable = written
+                        self._durable_marks = self._base_marks.plus(appended)
                     except OutputWriteError as exc:
                         self._error = exc
                 try:
@@ -624,12 +693,22 @@ class JsonlJob:
 
     def _save_ledger(self, now: float) -> None:
         assert self._identity is not None
-        save_manifest(manifest_path(self._output), self._identity, self._whole_ledger(now))
+        # Only synced records are counted: the manifest may lag behind the files, never lead.
+        save_manifest(
+            manifest_path(self._output),
+            self._identity,
+            self._whole_ledger(now),
+            self._durable_marks,
+        )
 
     def _close(self) -> None:
         fds, self._fds = self._fds, []
         for fd in fds:
             os.close(fd)
+        spool, self._spool = self._spool, None
+        if spool is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(spool)
 
     def _summary(self, *, interrupted: bool) -> JobSummary:
         progress = self.statistics()
@@ -703,6 +782,69 @@ async def run_jsonl(
 
 
 # -- file helpers -----------------------------------------------------------------------------
+
+
+def _check_marks(existing: ExistingFile, manifest: str, records: int, size: int) -> None:
+    """Raise :class:`OutputLostError` when a file holds fewer records or bytes than its mark."""
+    if existing.records < records or existing.valid_bytes < size:
+        raise OutputLostError(
+            existing.path, manifest, (records, size), (existing.records, existing.valid_bytes)
+        )
+
+
+def _is_stream(path: str) -> bool:
+    """Whether *path* is a pipe, a socket or a device rather than a file that can be read twice."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False  # reported when the scan opens it
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def _spool_input(source: str, output: str, should_stop: Callable[[], bool]) -> tuple[str, str]:
+    """Copy a piped input to a temporary file next to the output; return it and its label.
+
+    A job reads its input twice, which a pipe allows only once. The label, which the manifest
+    records as the input's path, carries the content's SHA-256, so that the same data piped
+    again resumes the job.
+
+    Args:
+        source: The pipe (``/dev/stdin``, ``/dev/fd/63``, a FIFO).
+        output: The job's output file, next to which the copy is made.
+        should_stop: Polled between chunks; when it returns True the copy stops with
+            :class:`ScanStopped`.
+    """
+    directory = os.path.dirname(os.path.abspath(output))
+    name = os.path.basename(output)
+    try:
+        fd, spool = tempfile.mkstemp(prefix=f".{name}.", suffix=".input", dir=directory)
+    except OSError as exc:
+        raise OutputWriteError(exc.filename or directory, exc) from exc
+    try:
+        digest = _copy_to(source, fd, spool, should_stop)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(spool)
+        raise
+    os.close(fd)
+    # Not the pipe's own path: /dev/fd/63 today may be /dev/fd/62 on the rerun.
+    return spool, f"piped input (sha256 {digest})"
+
+
+def _copy_to(source: str, fd: int, path: str, should_stop: Callable[[], bool]) -> str:
+    """Copy *source* to *fd* (the file *path*); return the SHA-256 of what was copied."""
+    digest = hashlib.sha256()
+    with open(source, "rb") as src:
+        while chunk := src.read(1 << 16):
+            if should_stop():
+                raise ScanStopped
+            digest.update(chunk)
+            try:
+                write_all(fd, chunk)
+            except OSError as exc:
+                raise OutputWriteError(path, exc) from exc
+    return digest.hexdigest()
 
 
 def _non_empty(path: str) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Generator, Iterator
 from typing import Final
 
@@ -26,6 +27,19 @@ MAX_CUSTOM_ID: Final = 512
 """The longest ``custom_id`` accepted, in characters (OpenAI's Batch API uses the same bound)."""
 
 _BOM: Final = b"\xef\xbb\xbf"
+MAX_NESTING: Final = 256
+"""The deepest nesting of arrays and objects accepted in an input line.
+
+Far above any real request, and far enough below the interpreter's recursion limit that a line
+parses, converts and encodes the same way in a worker thread, in the event loop and on the wire.
+"""
+_TOO_DEEP: Final = (
+    f"JSON nested too deeply (more than {MAX_NESTING} arrays or objects inside each other)"
+)
+# A string, or an unterminated one up to the end: every match that starts succeeds, so the scan
+# stays linear whatever the line holds.
+_STRING: Final = re.compile(rb'"(?:[^"\\]|\\.)*(?:"|\\?\Z)', re.DOTALL)
+_BRACKET: Final = re.compile(rb"[\[\]{}]")
 _MAX_SALTS: Final = 4
 # How often the slow loops look at the stop flag and, in the event loop, yield to other tasks.
 CHECK_EVERY: Final = 4096
@@ -67,10 +81,14 @@ def parse_line(raw: bytes, model: str | None) -> ChatRequest:
         raw: The line's bytes.
         model: A model that replaces every body's model, or None.
     """
+    if raw.count(b"[") + raw.count(b"{") > MAX_NESTING and _nesting(raw) > MAX_NESTING:
+        raise BadLine(_TOO_DEEP)
     try:
         obj = json.loads(raw)
     except ValueError as exc:  # UnicodeDecodeError is a ValueError too
         raise BadLine(f"invalid JSON: {exc}") from None
+    except RecursionError:  # pragma: no cover - the depth is checked above
+        raise BadLine(_TOO_DEEP) from None
     if not isinstance(obj, dict):
         raise BadLine(f"a line must be a JSON object, got {type(obj).__name__}")
     custom_id = obj.get("custom_id")
@@ -109,6 +127,24 @@ def parse_line(raw: bytes, model: str | None) -> ChatRequest:
         return ChatRequest.from_openai(body, id=custom_id)
     except (TypeError, ValueError) as exc:
         raise BadLine(f"invalid body: {exc}") from None
+    except RecursionError:
+        # Converting a value nested almost as deep as json.loads allows may recurse further.
+        raise BadLine(_TOO_DEEP) from None
+
+
+def _nesting(raw: bytes) -> int:
+    """Return how deeply arrays and objects nest in a JSON text (brackets in strings ignored).
+
+    Only lines with many brackets get here, so the slow loop runs rarely.
+    """
+    depth = deepest = 0
+    for match in _BRACKET.finditer(_STRING.sub(b"", raw)):
+        if match.group() in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
 
 
 def _count_lines(path: str) -> int:

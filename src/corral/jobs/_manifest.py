@@ -8,6 +8,7 @@ across resumes. It is replaced atomically (write, fsync, rename).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -80,6 +81,40 @@ class JobIdentity:
             if before != after:
                 out.append(f"{key}: was {before!r}, now {after!r}")
         return out
+
+
+@attrs.frozen
+class FileMarks:
+    """How much of the output and errors files was written and synced, at a checkpoint.
+
+    The manifest is saved only after the bytes it counts are synced, so a file may hold more than
+    its mark (records written after the last checkpoint), never less, unless something else cut
+    it.
+
+    Args:
+        output_records: Records in the output file.
+        output_bytes: Its size up to the end of the last of them.
+        errors_records: Records in the errors file.
+        errors_bytes: Its size up to the end of the last of them.
+    """
+
+    output_records: int = 0
+    output_bytes: int = 0
+    errors_records: int = 0
+    errors_bytes: int = 0
+
+    def plus(self, records: tuple[int, int, int, int]) -> FileMarks:
+        """Return these marks advanced by what was appended since.
+
+        Args:
+            records: ``(output_records, output_bytes, errors_records, errors_bytes)`` appended.
+        """
+        return FileMarks(
+            self.output_records + records[0],
+            self.output_bytes + records[1],
+            self.errors_records + records[2],
+            self.errors_bytes + records[3],
+        )
 
 
 class Ledger:
@@ -267,8 +302,10 @@ def _value(bucket: int) -> float:
     return float(_H_MIN * _H_RATIO ** (bucket - 0.5))
 
 
-def load_manifest(path: str) -> tuple[JobIdentity, Ledger] | None:
+def load_manifest(path: str) -> tuple[JobIdentity, Ledger, FileMarks | None] | None:
     """Read a manifest; None if there is none.
+
+    Its file marks are None in a manifest written before corral recorded them.
 
     Args:
         path: The manifest's path.
@@ -295,26 +332,43 @@ def load_manifest(path: str) -> tuple[JobIdentity, Ledger] | None:
             params=dict(ident.get("params") or {}),
         )
         ledger = Ledger.from_dict(data.get("ledger") or {})
+        files = data.get("files")
+        marks = None
+        if files is not None:
+            marks = FileMarks(**{f.name: int(files[f.name]) for f in attrs.fields(FileMarks)})
     except (ValueError, KeyError, TypeError) as exc:
         raise CorruptOutputError(path, 1, f"unreadable job manifest ({exc})") from exc
-    return identity, ledger
+    return identity, ledger, marks
 
 
-def save_manifest(path: str, identity: JobIdentity, ledger: Ledger) -> None:
+def save_manifest(path: str, identity: JobIdentity, ledger: Ledger, marks: FileMarks) -> None:
     """Replace the manifest atomically: write a temporary file, fsync it, rename it over.
+
+    On failure (a full disk) the temporary file is removed and the old manifest stays.
 
     Args:
         path: The manifest's path.
         identity: The job's identity.
         ledger: The job's totals so far.
+        marks: How much of the output and errors files is synced.
     """
-    data = {"format": FORMAT, "identity": attrs.asdict(identity), "ledger": ledger.to_dict()}
+    data = {
+        "format": FORMAT,
+        "identity": attrs.asdict(identity),
+        "ledger": ledger.to_dict(),
+        "files": attrs.asdict(marks),
+    }
     text = json.dumps(data, indent=1, sort_keys=True) + "\n"
     tmp = path + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        write_all(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            write_all(fd, text.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

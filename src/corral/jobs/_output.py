@@ -62,6 +62,8 @@ def _check_record(raw: bytes, kind: FileKind) -> tuple[str, str | None]:
         obj = json.loads(raw)
     except ValueError as exc:
         raise _BadRecord(f"not valid JSON ({exc})") from None
+    except RecursionError:
+        raise _BadRecord("JSON nested too deeply") from None
     if not isinstance(obj, dict):
         raise _BadRecord("not a JSON object")
     custom_id = obj.get("custom_id")
@@ -203,7 +205,7 @@ class RecordWriter:
         errors_path: Its path, for messages.
     """
 
-    __slots__ = ("_count", "_dirty", "_files", "_prefix")
+    __slots__ = ("_appended", "_count", "_dirty", "_files", "_prefix")
 
     def __init__(self, output_fd: int, output_path: str, errors_fd: int, errors_path: str) -> None:
         self._files = ((output_fd, output_path), (errors_fd, errors_path))
@@ -211,6 +213,8 @@ class RecordWriter:
         # Record ids: a random prefix per session keeps them unique across resumes.
         self._prefix = "batch_req_" + os.urandom(8).hex()
         self._count = 0
+        # Records and bytes appended to each file: (output records, bytes, errors records, bytes).
+        self._appended = [0, 0, 0, 0]
 
     def __repr__(self) -> str:
         return (
@@ -237,6 +241,15 @@ class RecordWriter:
             write_all(fd, data)
         except OSError as exc:
             raise OutputWriteError(path, exc) from exc
+        appended = self._appended
+        appended[2 * which] += 1
+        appended[2 * which + 1] += len(data)
+
+    @property
+    def appended(self) -> tuple[int, int, int, int]:
+        """Records and bytes appended: ``(output records, bytes, errors records, bytes)``."""
+        a = self._appended
+        return a[0], a[1], a[2], a[3]
 
     def take_dirty(self) -> list[tuple[int, str]]:
         """Return the files written since the last call, and mark them clean."""

@@ -251,6 +251,13 @@ def check_base_url(url: str, provider: str) -> str:
             f"{provider} base_url must be an absolute http:// or https:// URL "
             f"(pass the key as api_key=...)"
         )
+    port = parsed.port
+    if port is not None and not 0 < port <= 65535:
+        # httpx2 parses any number; the socket layer would fail on every request instead.
+        raise ConfigurationError(
+            f"{provider} base_url has port {port}, outside 1-65535; fix the port in the URL "
+            f"(or leave it out for the scheme's default)"
+        )
     if parsed.query or parsed.userinfo:
         # Credentials belong in headers; a key in a URL ends up in logs and proxies.
         raise ConfigurationError(
@@ -269,14 +276,19 @@ def check_options(provider: str, **options: tuple[object, bool]) -> None:
             optional a string or None.
     """
     for name, (value, optional) in options.items():
-        if optional and (value is None or isinstance(value, str)):
+        if optional and value is None:
             continue
         if not isinstance(value, str):
             raise ConfigurationTypeError(
                 f"{provider} {name} must be a string, got {type(value).__name__}"
             )
-        if not value:
+        if not (value or optional):
             raise ConfigurationError(f"{provider} {name} must be a non-empty string, got ''")
+        # Options travel in headers or in the URL: refuse what cannot, here rather than at
+        # every request.
+        problem = header_value_problem(value)
+        if problem is not None:
+            raise ConfigurationError(f"{provider} {name} {problem}; got {value!r:.60}")
 
 
 def check_headers(headers: object, provider: str) -> None:
@@ -297,6 +309,51 @@ def check_headers(headers: object, provider: str) -> None:
             f"{provider} headers must be a dict of strings to strings"
             + ("" if isinstance(headers, Mapping) else f", got {type(headers).__name__}")
         )
+    for name, value in headers.items():
+        if not _TOKEN.fullmatch(name):
+            raise ConfigurationError(
+                f"{provider} headers: {name!r:.60} is not a valid header name (letters, digits "
+                f"and !#$%&'*+-.^_`|~ only, no spaces or colons); fix the name"
+            )
+        problem = header_value_problem(value)
+        if problem is not None:
+            raise ConfigurationError(
+                f"{provider} headers: the value of {name!r} {problem} (value not shown: it may "
+                f"be a secret)"
+            )
+
+
+# RFC 9110 token characters: what a header name may hold.
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# What a header value may not hold: anything but tab and printable ASCII.
+_NOT_IN_VALUE: Final = re.compile(r"[^\t\x20-\x7e]")
+
+
+def header_value_problem(value: str) -> str | None:
+    """Return what makes *value* unfit for an HTTP header (never quoting it), or None.
+
+    A CR or LF would end the header early (header injection; the transports refuse it), a
+    non-ASCII character cannot be encoded, and other control characters are refused by servers.
+
+    Args:
+        value: A header value.
+    """
+    bad = _NOT_IN_VALUE.search(value)
+    if bad is None:
+        return None
+    char = bad.group()
+    where = f"at position {bad.start()} of {len(value)}"
+    if char in "\r\n":
+        return (
+            f"has a line break (CR or LF) {where}, which would split the HTTP header; "
+            f"remove it (a newline left from a file?)"
+        )
+    if char.isascii():
+        return f"has a control character {where}; remove it"
+    return (
+        f"has a non-ASCII character {where}; HTTP header values must be ASCII: remove it or "
+        f"encode the value (for example percent-encoding)"
+    )
 
 
 def check_api_key(api_key: object, provider: str) -> None:
@@ -465,16 +522,38 @@ def post_json(
         body: The JSON object to send.
 
     Raises:
-        InvalidRequestError: The body holds a value that is not JSON (see `encode_json`).
-        UnicodeEncodeError: A header name or value is not ASCII, as in httpx2.
+        InvalidRequestError: The body holds a value that is not JSON (see `encode_json`), or a
+            header cannot be sent (not ASCII, or a line break that would split it): that request
+            fails as ``bad_request``, the others go on.
     """
     url = url if isinstance(url, httpx2.URL) else httpx2.URL(url)
     content = encode_json(body)
-    # What httpx2 would hold: names and values encoded as ASCII (a value that is not raises
-    # UnicodeEncodeError, as there).
+    # What httpx2 would hold: names and values encoded as ASCII.
     raw = [(b"Host", url.netloc), (b"Content-Length", b"%d" % len(content))]
-    raw += [(name.encode("ascii"), value.encode("ascii")) for name, value in headers.items()]
+    try:
+        raw += [(name.encode("ascii"), value.encode("ascii")) for name, value in headers.items()]
+    except UnicodeEncodeError:
+        raise _bad_header(headers) from None
+    for name_bytes, value_bytes in raw:
+        # Constructors refuse these; a header added per request could still carry one, and
+        # sent it would be header injection (or a retried "connection" error).
+        if _UNSENDABLE.search(value_bytes) or _UNSENDABLE.search(name_bytes):
+            raise _bad_header(headers)
     return json_post(url, raw, content)
+
+
+_UNSENDABLE: Final = re.compile(rb"[\r\n\0]")
+
+
+def _bad_header(headers: Mapping[str, str]) -> InvalidRequestError:
+    for name, value in headers.items():
+        problem = header_value_problem(value) or header_value_problem(name)
+        if problem is not None:
+            return InvalidRequestError(
+                f"header {name!r:.60} cannot be sent: its name or value {problem} (value not "
+                f"shown: it may be a secret)"
+            )
+    return InvalidRequestError("a header cannot be sent: it is not ASCII")  # pragma: no cover
 
 
 #: What reading a hostile JSON value can raise, besides the adapter's own errors: a parser
