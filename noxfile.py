@@ -95,9 +95,10 @@ def _report_missing_pythons() -> None:
     # After nox's own summary, so that the last lines say what the run did not test.
     if MISSING_PYTHONS:
         print(
-            f"nox: Python {', '.join(MISSING_PYTHONS)} not found, so the sessions on"
-            f" {'it' if len(MISSING_PYTHONS) == 1 else 'them'} failed or were skipped."
-            " Install them (e.g. `pyenv install 3.12 3.13`) or put python3.N on PATH;"
+            f"nox: no Python {', '.join(MISSING_PYTHONS)} found, so the sessions on"
+            f" {'it' if len(MISSING_PYTHONS) == 1 else 'them'} cannot run. Install"
+            f" {'it' if len(MISSING_PYTHONS) == 1 else 'them'} (with pyenv:"
+            f" `pyenv install {' '.join(MISSING_PYTHONS)}`) or put python3.N on PATH;"
             " see the README's 'Running the tests'.",
             file=sys.stderr,
         )

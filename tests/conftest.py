@@ -35,10 +35,16 @@ from typing import Any
 
 import pytest
 import trustme
+from hypothesis import HealthCheck, settings
 
 from corral.testing import virtual_time_backend
 
 _KNOWN_BACKENDS = ("asyncio", "trio")
+
+# Under coverage, xdist and a loaded machine, drawing inputs is slow for reasons unrelated to the
+# strategies; that health check would fail tests at random.
+settings.register_profile("corral", suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("corral")
 
 
 def _selected_backends() -> list[str]:
