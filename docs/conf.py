@@ -8,6 +8,8 @@ import importlib.metadata
 import inspect
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 if TYPE_CHECKING:
     from sphinx.application import Sphinx
 
@@ -34,7 +36,9 @@ myst_heading_anchors = 3
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_typehints_description_target = "documented_params"
-autodoc_preserve_defaults = True
+# Off: attrs writes __init__'s source itself, so the source's defaults read
+# "attr_dict['attempts'].default"; the signature's own values are the real ones.
+autodoc_preserve_defaults = False
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
@@ -76,25 +80,55 @@ nitpick_ignore_regex = [
     (r"py:class", r"(corral(\.\w+)*\.)?(LatencySpec|RateLimitAlgorithm|ParserName|AnyRequest)"),
 ]
 
-# Public objects are defined in private modules (corral._models, ...) and re-exported flat.
-# Point their __module__ at the public home before autodoc runs, so that signatures and
-# cross-references say corral.ChatRequest (which resolves) rather than corral._models.ChatRequest
-# (which is documented nowhere).
-_PUBLIC_MODULES = ("corral", "corral.providers", "corral.testing")
+
+# attrs classes: autodoc reads __init__'s signature, not its source (autodoc_preserve_defaults is
+# off), so plain defaults show their values. A default made by a factory shows as attrs' NOTHING
+# there; show what the factory makes instead.
+class _Shown:
+    """A stand-in default whose repr is the text to show."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
 
 
-def _publish(module_name: str) -> None:
-    module = importlib.import_module(module_name)
-    for name in getattr(module, "__all__", ()):
-        obj = getattr(module, name)
-        if (inspect.isclass(obj) or inspect.isfunction(obj)) and obj.__module__.startswith(
-            f"{module_name}._"
-        ):
-            obj.__module__ = module_name
+def _factory_text(factory: Any) -> str:
+    if factory in (dict, list, set, tuple, frozenset):
+        return repr(factory())
+    return f"{factory.__name__.lstrip('_')}()"
 
 
-for _module_name in _PUBLIC_MODULES:
-    _publish(_module_name)
+def _attrs_defaults(
+    app: Sphinx,
+    what: str,
+    name: str,
+    obj: object,
+    options: object,
+    signature: str | None,
+    return_annotation: str | None,
+) -> tuple[str, str | None] | None:
+    if what not in ("class", "exception") or not (isinstance(obj, type) and attrs.has(obj)):
+        return None
+    factories = {
+        field.alias: field.default.factory
+        for field in attrs.fields(obj)
+        if field.init and isinstance(field.default, attrs.Factory)  # type: ignore[arg-type]
+    }
+    if not factories:
+        return None
+    # Annotations are left out, as autodoc_typehints = "description" does for every signature.
+    params = [
+        param.replace(
+            annotation=inspect.Parameter.empty,
+            default=_Shown(_factory_text(factories[param.name]))
+            if param.name in factories
+            else param.default,
+        )
+        for param in inspect.signature(obj).parameters.values()
+    ]
+    return str(inspect.Signature(params)), return_annotation
 
 
 def _public_bases(app: Sphinx, name: str, obj: object, options: object, bases: list[Any]) -> None:
@@ -118,3 +152,4 @@ def _skip_namedtuple_fields(
 def setup(app: Sphinx) -> None:
     app.connect("autodoc-process-bases", _public_bases)
     app.connect("autodoc-skip-member", _skip_namedtuple_fields)
+    app.connect("autodoc-process-signature", _attrs_defaults)

@@ -253,7 +253,12 @@ OK_BODY = json.dumps(
 @given(data=st.data(), stream=st.booleans(), embeddings=st.booleans())
 @example(data=None, stream=False, embeddings=False)
 def test_hostile_server_batch(
-    anyio_backend: str, name: str, data: st.DataObject | None, stream: bool, embeddings: bool
+    anyio_backend_name: str,
+    anyio_backend_options: dict[str, Any],
+    name: str,
+    data: st.DataObject | None,
+    stream: bool,
+    embeddings: bool,
 ) -> None:
     """Every input of a batch gets one result, in bounded time, whatever the server sends.
 
@@ -276,7 +281,13 @@ def test_hostile_server_batch(
         script = data.draw(st.lists(answers(name), min_size=1, max_size=5), label="script")
     started = time.monotonic()
     results, requests = anyio.run(
-        run_batch, name, script, stream, embeddings, backend=anyio_backend
+        run_batch,
+        name,
+        script,
+        stream,
+        embeddings,
+        backend=anyio_backend_name,
+        backend_options=anyio_backend_options,
     )
     elapsed = time.monotonic() - started
     assert [r.id for r in results] == [r.id for r in requests]

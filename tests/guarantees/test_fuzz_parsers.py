@@ -574,7 +574,11 @@ def _split(body: bytes, cuts: list[int]) -> list[bytes]:
 )
 @given(cuts=st.lists(st.integers(0, 10_000), max_size=30), truncate=st.booleans())
 def test_stream_chunk_boundaries(
-    anyio_backend: str, key: str, cuts: list[int], truncate: bool
+    anyio_backend_name: str,
+    anyio_backend_options: dict[str, Any],
+    key: str,
+    cuts: list[int],
+    truncate: bool,
 ) -> None:
     """Any split of a recorded stream into chunks parses the same; any truncation fails typed.
 
@@ -589,7 +593,7 @@ def test_stream_chunk_boundaries(
     if truncate and len(chunks) > 1:
         chunks = chunks[:-1]
     outcome: Callable[[], Any] = lambda: _read_chunked(name, chunks)  # noqa: E731
-    result = anyio.run(outcome, backend=anyio_backend)
+    result = anyio.run(outcome, backend=anyio_backend_name, backend_options=anyio_backend_options)
     if isinstance(result, Completion):
         assert result.content == whole.content
         assert result.finish_reason == whole.finish_reason

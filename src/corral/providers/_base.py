@@ -54,7 +54,7 @@ class InvalidResponse(Exception):
 
     The client turns it into a failure of kind ``invalid_response``. A stream parser raises it
     when a stream ended before its final event. Server text in the message is cleaned with
-    :func:`corral._secret.scrub` where it is read; a whole key that slipped through (in the
+    ``corral._secret.scrub`` where it is read; a whole key that slipped through (in the
     ``repr`` of a value a parser choked on) is masked here, before the exception exists.
 
     Args:
@@ -73,7 +73,7 @@ class ProviderError(Exception):
     described by :meth:`Provider.classify_error`.
 
     The message is the server's: any fragment of a key in it is masked here (see
-    :func:`scrubbed`), before the exception exists.
+    ``scrubbed``), before the exception exists.
 
     Args:
         info: The failure, normalised.
