@@ -604,7 +604,7 @@ class Client:
                         elastic=self._adaptive_policy is not None,
                     )
                 except Exception as exc:
-                    results._error = exc
+                    results._error = exc  # noqa: SLF001
 
         error: Exception | None = None
         async with anyio.create_task_group() as tg:

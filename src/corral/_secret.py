@@ -176,8 +176,8 @@ def _grams_of(secrets: Iterable[str | Secret]) -> tuple[frozenset[str], int]:
     longest = 0
     for secret in secrets:
         if isinstance(secret, Secret):
-            grams |= secret._grams
-            longest = max(longest, len(secret._value))
+            grams |= secret._grams  # noqa: SLF001
+            longest = max(longest, len(secret._value))  # noqa: SLF001
         elif len(secret) >= _MIN_SECRET_LENGTH:
             grams |= _grams(secret)
             longest = max(longest, len(secret))
@@ -196,7 +196,7 @@ def redact(text: str, secrets: Iterable[str | Secret]) -> str:
         text: The text to clean.
         secrets: The secrets, as strings or :class:`Secret` objects.
     """
-    values = {s._value if isinstance(s, Secret) else s for s in secrets}
+    values = {s._value if isinstance(s, Secret) else s for s in secrets}  # noqa: SLF001
     # Longest first, so that a whole "Bearer <key>" is masked as one.
     for value in sorted(values, key=len, reverse=True):
         if len(value) >= _MIN_SECRET_LENGTH and value in text:

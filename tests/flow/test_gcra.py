@@ -222,7 +222,7 @@ def test_settled_cost_stays_within_the_bound_plus_earlier_refunds(
         refunds_from_before = sum(
             reserved - actual
             for (at, reserved, actual), done in zip(admitted, settled_at, strict=True)
-            if at < start and start <= done < end
+            if at < start <= done < end
         )
         assert real < cell.rate * width + cell.capacity + refunds_from_before + FUZZ
 

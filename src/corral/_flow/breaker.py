@@ -227,9 +227,9 @@ class _BreakerState:
 
     def record(self, admission: Admission, outcome: Outcome, now: float) -> bool:
         """Record an admitted request's outcome; return whether waiters may now get in."""
-        if admission._done:
+        if admission._done:  # noqa: SLF001
             return False
-        admission._done = True
+        admission._done = True  # noqa: SLF001
         if outcome is Outcome.SUCCESS:
             self.successes += 1
         elif outcome is Outcome.FAILURE:

@@ -333,7 +333,7 @@ class BudgetTracker:
         """
         if not reservation.held:
             return
-        reservation._held = False
+        reservation._held = False  # noqa: SLF001
         reservation.billed_attempts += 1
         self._reserved_nano -= reservation.cost_nano
         self._reserved_tokens -= reservation.tokens
@@ -353,11 +353,11 @@ class BudgetTracker:
         """
         if reservation.done:
             return Verdict.NEVER
-        if reservation._held:
+        if reservation._held:  # noqa: SLF001
             return Verdict.FITS
         verdict = self._verdict(reservation.cost_nano, reservation.tokens)
         if verdict is Verdict.FITS:
-            reservation._held = True
+            reservation._held = True  # noqa: SLF001
             self._reserved_nano += reservation.cost_nano
             self._reserved_tokens += reservation.tokens
         elif verdict is Verdict.NEVER:
@@ -386,10 +386,10 @@ class BudgetTracker:
             await self._changed.wait()
 
     def _finish(self, reservation: Reservation) -> bool:
-        if reservation._done:
+        if reservation._done:  # noqa: SLF001
             return False
-        reservation._done = True
-        if reservation._held:
+        reservation._done = True  # noqa: SLF001
+        if reservation._held:  # noqa: SLF001
             self._reserved_nano -= reservation.cost_nano
             self._reserved_tokens -= reservation.tokens
         self._in_flight -= 1

@@ -466,8 +466,7 @@ class _RateLimiterCore:
         cells = self._cells.items()
         for name, cell in cells:
             cell_wait = cell.wait_time(now, costs.get(name, 0.0))
-            if cell_wait > wait:
-                wait = cell_wait
+            wait = max(wait, cell_wait)
         if wait > _EPSILON:
             return wait
         for name, cell in cells:
@@ -977,9 +976,9 @@ class RateLimiter:
             input_tokens: The prompt tokens the provider reported (cached included), or None.
             output_tokens: The output tokens the provider reported, or None.
         """
-        if permit._settled:
+        if permit._settled:  # noqa: SLF001
             return
-        permit._settled = True
+        permit._settled = True  # noqa: SLF001
         self._refusals.answers += 1
         if input_tokens is None and output_tokens is None:
             return

@@ -15,6 +15,7 @@ written fails, and the retry layer decides.
 
 from __future__ import annotations
 
+import math
 import os
 import ssl
 from collections.abc import AsyncIterator
@@ -151,7 +152,7 @@ def _check_keepalive_expiry(value: object) -> float | None:
         raise TypeError(
             f"keepalive_expiry must be a number of seconds >= 0 or None, got {type(value).__name__}"
         )
-    if value != value or value < 0 or value == _INF:
+    if (isinstance(value, float) and math.isnan(value)) or value < 0 or value == _INF:
         raise ValueError(f"keepalive_expiry must be a finite number >= 0 or None, got {value!r}")
     try:
         return float(value)
@@ -162,7 +163,11 @@ def _check_keepalive_expiry(value: object) -> float | None:
 
 def _check_deadline(value: object) -> float:
     """Return a request's ``deadline`` extension as a float, or raise naming the fix."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and value == value:
+    if (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and not (isinstance(value, float) and math.isnan(value))
+    ):
         try:
             return float(value)
         except OverflowError:  # an int past float's range: later than any clock reading
@@ -334,7 +339,7 @@ class _Response(httpx2.Response):
                 body = inner.whole_body()
                 if body is not None:
                     set_read(self, body)
-                    if stream is not inner or inner._conn is not None:
+                    if stream is not inner or inner._conn is not None:  # noqa: SLF001
                         assert isinstance(stream, httpx2.AsyncByteStream)
                         await stream.aclose()
                     return body
@@ -529,7 +534,7 @@ class FastTransport(httpx2.AsyncBaseTransport):
             self._pool, conn, parser, read_timeout, not wants_close, self._max_body
         )
         # The usual small JSON answer came with its headers: free the connection now.
-        if parser.message_complete and not stream._finish(conn):
+        if parser.message_complete and not stream._finish(conn):  # noqa: SLF001
             await close_stream(conn.stream)
         try:
             return streamed_response(

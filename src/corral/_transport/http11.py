@@ -216,7 +216,7 @@ class HttptoolsParser:
             self._long_line = len(name) + len(value)
         self.headers.append((name, value))
         lowered = name.lower()
-        if lowered == b"content-length" or lowered == b"transfer-encoding":
+        if lowered in (b"content-length", b"transfer-encoding"):
             self._framed = True
         elif lowered == b"content-encoding":
             self.encoded = True

@@ -171,7 +171,7 @@ class _PendingInput:
         self._job = job
         self._gate = gate
         table = scan.table
-        self._lines = pending_requests(scan, job._model, table.flag)
+        self._lines = pending_requests(scan, job._model, table.flag)  # noqa: SLF001
 
     def __repr__(self) -> str:
         return f"<_PendingInput of {self._job!r}>"
@@ -182,7 +182,7 @@ class _PendingInput:
     async def __anext__(self) -> ChatRequest:
         job = self._job
         while True:
-            if job._stop_requested:
+            if job._stop_requested:  # noqa: SLF001
                 raise StopAsyncIteration
             try:
                 item = next(self._lines)
@@ -193,14 +193,14 @@ class _PendingInput:
                 continue
             break
         with anyio.CancelScope() as scope:
-            job._admission_scope = scope
-            if job._stop_requested:
+            job._admission_scope = scope  # noqa: SLF001
+            if job._stop_requested:  # noqa: SLF001
                 scope.cancel()
             await self._gate.acquire_on_behalf_of(item.id)
-        job._admission_scope = None
+        job._admission_scope = None  # noqa: SLF001
         if scope.cancelled_caught:
             raise StopAsyncIteration
-        if job._stop_requested:
+        if job._stop_requested:  # noqa: SLF001
             self._gate.release_on_behalf_of(item.id)
             raise StopAsyncIteration
         return item
