@@ -34,6 +34,8 @@ import corral
 import corral._client
 from corral.providers import OpenAI
 
+from .conftest import ASYNCIO_MODE
+
 pytestmark = pytest.mark.anyio
 
 _CORRAL_DIR = str(Path(corral.__file__).parent)
@@ -183,11 +185,16 @@ _BATCHES = {
 
 @pytest.mark.parametrize("case", sorted(_BATCHES))
 async def test_calls_per_request_stay_under_the_ceiling(
-    case: str, anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+    case: str, anyio_backend_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A request costs no more Python calls than its ceiling: added per-request work fails here."""
     own, total = await _per_request(monkeypatch, _BATCHES[case])
-    own_ceiling, total_ceiling = _OWN_CEILINGS[case], _TOTAL_CEILINGS[case, anyio_backend]
-    print(f"\n{case} on {anyio_backend}: {own:g} corral calls, {total:g} calls per request")
+    backend = anyio_backend_name
+    own_ceiling, total_ceiling = _OWN_CEILINGS[case], _TOTAL_CEILINGS[case, backend]
+    print(f"\n{case} on {backend}: {own:g} corral calls, {total:g} calls per request")
     assert own <= own_ceiling, f"{own:g} corral calls per request, over {own_ceiling}"
+    if backend == "asyncio" and ASYNCIO_MODE != "default":
+        # Debug mode and the eager task factory change asyncio's own calls, not corral's: the
+        # total's ceilings are for the default loop, which the other sessions run.
+        return
     assert total <= total_ceiling, f"{total:g} calls per request, over {total_ceiling}"
