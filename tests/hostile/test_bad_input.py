@@ -423,7 +423,9 @@ async def test_the_manifest_never_counts_records_that_are_not_synced(
 ) -> None:
     """Every manifest saved while a job runs counts at most what the output holds on disk."""
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    write_input(inp, 60)
+    # Long enough (300 lines at 10 ms, four at a time) that a loaded machine's slow fsync cannot
+    # let the whole job finish between two wakes of the syncer.
+    write_input(inp, 300)
     seen: list[tuple[int, int]] = []
     save = _manifest.save_manifest
 
@@ -436,7 +438,7 @@ async def test_the_manifest_never_counts_records_that_are_not_synced(
 
     monkeypatch.setattr(_engine, "save_manifest", checked)
     monkeypatch.setattr(_engine, "_CHECKPOINT_EVERY", 0.0)
-    async with mock_client(concurrency=4, latency=0.001) as client:
+    async with mock_client(concurrency=4, latency=0.01) as client:
         await corral.run_jsonl(client, inp, out)
     assert len(seen) >= 3, "saved at the start, at least once while running, and at the end"
     assert all(mark <= size for mark, size in seen)
